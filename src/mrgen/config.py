@@ -1,0 +1,361 @@
+"""One config system: a dataclass per stage, YAML presets, dotted overrides.
+
+A run is ``preset + optional YAML file + overrides`` (``ldm.steps=200``). The
+resolved config is written into every run folder (``config.yaml``) so any run
+can be reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value, key or preset is wrong; the message says how to fix it."""
+
+
+@dataclass
+class DataCfg:
+    spatial_dims: int = 2  # 2: slices, 3: volumes
+    image_size: int = 64  # in-plane size (2D) or cube side (3D) after curation
+    depth: int = 32  # 3D only: number of slices a volume is resampled to
+
+
+@dataclass
+class PhantomCfg:
+    layout: str = "abdomen"  # abdomen | brain
+    subjects: int = 8
+    size: int = 64  # in-plane matrix
+    slices: int = 12
+    spacing: tuple = (1.5, 1.5, 5.0)  # mm (x, y, z)
+    modalities: tuple = ("T1", "T2")
+    noise: float = 0.02  # Rician noise sigma relative to max signal
+    bias: float = 0.2  # bias-field amplitude
+    seed: int = 0
+
+
+@dataclass
+class CurateCfg:
+    manifest: str = ""  # YAML manifest; empty = the phantom's manifest in the run folder
+    test_fraction: float = 0.25  # fraction of subjects held out (split by subject)
+    seed: int = 0
+    affine_tol: float = 1e-3  # mm; max abs difference between image and mask affines
+    min_label_pixels: int = 10  # an organ counts as present in a slice from this many pixels
+    workers: int = 1
+
+
+@dataclass
+class TextCfg:
+    encoder: str = "minilm"  # minilm | learned | hf:<local path or name>
+    max_length: int = 48
+    dim: int = 384  # context dim for the `learned` encoder (others report their own)
+
+
+@dataclass
+class TrainCfg:
+    """Shared by every trained stage (each stage has its own copy)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    precision: str = "fp32"  # fp32 | bf16
+    ema_decay: float = 0.0  # 0 disables EMA
+    ckpt_every: int = 200
+    preview_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class AutoencoderCfg:
+    channels: tuple = (32, 64, 64)
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    attention_levels: tuple = (False, False, False)
+    norm_num_groups: int = 8
+    kl_weight: float = 1e-6
+    aug_prob: float = 0.2
+    train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=1e-3, batch_size=16))
+
+
+@dataclass
+class DiffusionCfg:
+    timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+
+@dataclass
+class LdmCfg:
+    channels: tuple = (64, 128)
+    attention_levels: tuple = (False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    prompt_dropout: float = 0.1
+    train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=3000, lr=2e-4, batch_size=32, ema_decay=0.999))
+
+
+@dataclass
+class ControllerCfg:
+    mask_encoding: str = "merged"  # merged (one intensity per organ) | onehot
+    conditioning_channels: tuple = (16, 32, 96)  # learnable mask downsampling module
+    target_fraction: float = 0.5  # share of unannotated target slices (empty mask) per batch
+    conditioning_scale: float = 1.0
+    train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=2000, lr=2e-4, batch_size=32))
+
+
+@dataclass
+class SampleCfg:
+    ddim_steps: int = 50
+    guidance: float = 7.0
+    eta: float = 0.0
+    candidates: int = 20  # per source mask
+    batch_size: int = 20
+    max_masks: int = 0  # 0 = all source masks with organs
+    seed: int = 0
+    shard: str = "0/1"
+
+
+@dataclass
+class FilterCfg:
+    scorer: str = "classical"  # classical | sam2 | segmenter
+    sam2_checkpoint: str = ""
+    sam2_config: str = ""
+    organ_iou: float = 0.7
+    organ_conf: float = 0.8
+    mean_iou: float = 0.8
+    mean_conf: float = 0.9
+    keep: int = 2
+    relax: float = 0.1
+    relax_keep: int = 1
+
+
+@dataclass
+class ExportCfg:
+    format: str = "png"  # png (as the paper) | nifti
+    dataset_id: int = 501
+    name: str = "MRGenSynth"
+
+
+@dataclass
+class SegmentCfg:
+    channels: tuple = (16, 32, 64, 128)
+    strides: tuple = (2, 2, 2)
+    num_res_units: int = 1
+    train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=2e-3, batch_size=16))
+
+
+@dataclass
+class EvaluateCfg:
+    features: str = "efficientnet-lite0"  # or a local weights path for inception/radimagenet
+    hd_percentile: float = 95.0
+
+
+@dataclass
+class MorphCfg:
+    recipe: str = ""  # YAML recipe of chained edits
+    inputs: str = ""  # glob of label NIfTI files; empty = the curated masks of the run
+    variants: int = 1  # random draws per input
+    seed: int = 0
+
+
+@dataclass
+class RunCfg:
+    workdir: str = "runs/demo"
+    source_modality: str = "T1"
+    target_modality: str = "T2"
+    source_datasets: tuple = ()  # empty = all datasets in the index
+    target_datasets: tuple = ()
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = "cpu"
+    run: RunCfg = field(default_factory=RunCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    phantom: PhantomCfg = field(default_factory=PhantomCfg)
+    curate: CurateCfg = field(default_factory=CurateCfg)
+    text: TextCfg = field(default_factory=TextCfg)
+    diffusion: DiffusionCfg = field(default_factory=DiffusionCfg)
+    autoencoder: AutoencoderCfg = field(default_factory=AutoencoderCfg)
+    ldm: LdmCfg = field(default_factory=LdmCfg)
+    controller: ControllerCfg = field(default_factory=ControllerCfg)
+    sample: SampleCfg = field(default_factory=SampleCfg)
+    filter: FilterCfg = field(default_factory=FilterCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+    segment: SegmentCfg = field(default_factory=SegmentCfg)
+    evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    morph: MorphCfg = field(default_factory=MorphCfg)
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.run.workdir)
+
+
+PRESETS = ("tiny", "cpu", "paper")
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("mrgen") / "configs" / f"{name}.yaml"))
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    """Convert a YAML/override value to the type of the default ``like``."""
+    if dataclasses.is_dataclass(like):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section; give a mapping, e.g. {key}.<field>=...")
+        return _merge(like, value, key)
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if isinstance(like, int) and not isinstance(like, bool):
+        if isinstance(value, (int, float)) and float(value) == int(value):
+            return int(value)
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if isinstance(like, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if isinstance(like, tuple):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ConfigError(f"config key '{key}' expects a list like [8, 8], got {value!r}")
+    if isinstance(like, str):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, updates: dict, prefix: str = "") -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for k, v in updates.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}")
+        changes[k] = _coerce(v, getattr(obj, k), key)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["ldm.train.steps=10", "run.workdir=x"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. ldm.train.steps=200)")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = tree
+        parts = dotted.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def _deep_update(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(preset: str = "cpu", file: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Resolve ``preset`` (tiny|cpu|paper), then an optional YAML ``file``, then ``overrides``.
+
+    A config file may name its own preset with a top-level ``preset:`` key.
+    """
+    file_tree: dict = {}
+    if file:
+        path = Path(file)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; give a YAML file or a preset name ({', '.join(PRESETS)})")
+        file_tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(file_tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (run:, data:, ...)")
+        preset = file_tree.pop("preset", preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    tree = yaml.safe_load(preset_path(preset).read_text()) or {}
+    tree = _deep_update(tree, file_tree)
+    tree = _deep_update(tree, parse_overrides(list(overrides)))
+    tree.pop("preset", None)
+    cfg = _merge(Config(preset=preset), tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.data.spatial_dims not in (2, 3):
+        raise ConfigError(f"data.spatial_dims must be 2 or 3, got {cfg.data.spatial_dims}")
+    if cfg.phantom.layout not in ("abdomen", "brain"):
+        raise ConfigError(f"phantom.layout must be 'abdomen' or 'brain', got '{cfg.phantom.layout}'")
+    if cfg.controller.mask_encoding not in ("merged", "onehot"):
+        raise ConfigError(f"controller.mask_encoding must be 'merged' or 'onehot', got '{cfg.controller.mask_encoding}'")
+    if cfg.export.format not in ("png", "nifti"):
+        raise ConfigError(f"export.format must be 'png' or 'nifti', got '{cfg.export.format}'")
+    factor = 2 ** (len(cfg.autoencoder.channels) - 1)
+    if cfg.data.image_size % factor:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling "
+            f"factor {factor} (len(autoencoder.channels)-1 halvings); pick a multiple of {factor}"
+        )
+    for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
+        if stage.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
+
+
+def to_dict(cfg: Any) -> dict:
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_resolved(cfg: Config, folder: str | Path, name: str = "config.yaml") -> Path:
+    path = Path(folder) / name
+    atomic_write_text(path, dump(cfg))
+    return path

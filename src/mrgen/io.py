@@ -1,0 +1,239 @@
+"""The only code that reads and writes image files (NIfTI, DICOM series, PNG) and arrays.
+
+Every writer is atomic (temp file in the same folder, then ``os.replace``), so an
+interrupted run never leaves half a file behind and a rerun can trust what exists.
+
+Arrays returned by :func:`read_image` are in RAS+ canonical orientation, indexed
+``(x, y, z)`` with ``spacing`` in mm for each axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An input image/mask is unusable; the message names the file and the fix."""
+
+
+@dataclass
+class Image:
+    array: np.ndarray  # (X, Y, Z) float32 for images, integer for masks
+    affine: np.ndarray  # 4x4, RAS+ after canonicalisation
+    spacing: tuple  # mm per axis
+    path: str
+    reoriented: bool = False  # True when the file was not already in RAS+
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfx = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{sfx}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def array_hash(array: np.ndarray) -> str:
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(str((a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(".nii") or path.name.endswith(".nii.gz")
+
+
+def read_image(path: str | Path, kind: str = "image") -> Image:
+    """Read a NIfTI file, a DICOM series folder (or one .dcm) or a PNG into canonical RAS+.
+
+    ``kind`` is ``image`` (float32) or ``mask`` (integer labels; non-integer values are an error).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found; check the manifest's pattern and root folder")
+    try:
+        if path.is_dir() or path.suffix.lower() == ".dcm":
+            img = _read_dicom(path)
+        elif _is_nifti(path):
+            img = _read_nifti(path)
+        elif path.suffix.lower() == ".png":
+            img = _read_png(path)
+        else:
+            raise ImageError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz), DICOM (.dcm or a series folder) or PNG")
+    except ImageError:
+        raise
+    except Exception as exc:  # nibabel/pydicom/PIL errors on corrupt files
+        raise ImageError(f"{path}: cannot read ({type(exc).__name__}: {exc}); the file is corrupt or truncated — re-export or remove it") from exc
+    if kind == "mask":
+        arr = img.array
+        if not np.all(np.isfinite(arr)):
+            raise ImageError(f"{path}: mask has NaN/Inf voxels; masks must hold integer labels")
+        rounded = np.rint(arr)
+        if np.abs(arr - rounded).max(initial=0) > 1e-3:
+            raise ImageError(f"{path}: mask holds non-integer values; masks must hold integer labels (is this an image?)")
+        img.array = rounded.astype(np.int16)
+    else:
+        img.array = img.array.astype(np.float32)
+    return img
+
+
+def _read_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    nii = nib.load(str(path))
+    orig = nib.aff2axcodes(nii.affine)
+    canon = nib.as_closest_canonical(nii)
+    arr = np.asarray(canon.dataobj)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ImageError(f"{path}: expected a 2D or 3D volume, got shape {arr.shape}; split 4D series into 3D files")
+    spacing = tuple(float(s) for s in canon.header.get_zooms()[:3])
+    if len(spacing) < 3:
+        spacing = spacing + (1.0,) * (3 - len(spacing))
+    return Image(arr, canon.affine.astype(np.float64), spacing, str(path), reoriented=orig != ("R", "A", "S"))
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> None:
+    """Write ``array`` (X, Y[, Z]) as NIfTI atomically. ``affine`` wins over ``spacing``."""
+    import nibabel as nib
+
+    if affine is None:
+        affine = np.diag(list(spacing or (1.0, 1.0, 1.0)) + [1.0])
+    nii = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    nii.header.set_xyzt_units("mm")
+    with atomic_path(path, suffix=".nii.gz" if str(path).endswith(".gz") else ".nii") as tmp:
+        nib.save(nii, str(tmp))
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _read_dicom(path: Path) -> Image:
+    import pydicom
+
+    files = sorted(path.glob("*.dcm")) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        files = sorted(p for p in path.iterdir() if p.is_file())
+    if not files:
+        raise ImageError(f"{path}: DICOM folder holds no files")
+    slices = [pydicom.dcmread(str(f)) for f in files]
+    slices = [s for s in slices if hasattr(s, "pixel_array")]
+    if not slices:
+        raise ImageError(f"{path}: no DICOM image slices found")
+    if len({s.get("SeriesInstanceUID") for s in slices}) > 1:
+        raise ImageError(f"{path}: folder mixes several DICOM series; put one series per folder")
+    ori = np.array(slices[0].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
+    row, col = ori[:3], ori[3:]
+    normal = np.cross(row, col)
+    pos = [np.array(s.get("ImagePositionPatient", [0, 0, i]), dtype=float) for i, s in enumerate(slices)]
+    order = np.argsort([float(p @ normal) for p in pos])
+    slices = [slices[i] for i in order]
+    pos = [pos[i] for i in order]
+    ps = [float(x) for x in slices[0].get("PixelSpacing", [1.0, 1.0])]
+    dz = float(np.linalg.norm(pos[1] - pos[0])) if len(pos) > 1 else float(slices[0].get("SliceThickness", 1.0))
+    vol = np.stack(
+        [s.pixel_array.astype(np.float32) * float(s.get("RescaleSlope", 1)) + float(s.get("RescaleIntercept", 0)) for s in slices],
+        axis=-1,
+    )  # (rows, cols, z)
+    vol = np.transpose(vol, (1, 0, 2))  # (cols=i along row dir, rows=j along col dir, z)
+    # DICOM patient coordinates are LPS; build the LPS affine then flip to RAS.
+    aff = np.eye(4)
+    aff[:3, 0] = row * ps[1]
+    aff[:3, 1] = col * ps[0]
+    aff[:3, 2] = normal * dz
+    aff[:3, 3] = pos[0]
+    aff = np.diag([-1, -1, 1, 1]) @ aff
+    import nibabel as nib
+
+    nii = nib.Nifti1Image(vol, aff)
+    orig = nib.aff2axcodes(aff)
+    canon = nib.as_closest_canonical(nii)
+    spacing = tuple(float(s) for s in canon.header.get_zooms()[:3])
+    return Image(np.asarray(canon.dataobj), canon.affine, spacing, str(path), reoriented=orig != ("R", "A", "S"))
+
+
+# ----------------------------------------------------------------------------- PNG
+
+
+def _read_png(path: Path) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        arr = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16") else im).astype(np.float32)
+    # PNG rows run top-to-bottom; store as (x, y, 1) with y flipped so "up" is anterior-ish
+    arr = np.flipud(arr).T[..., None]
+    return Image(arr, np.eye(4), (1.0, 1.0, 1.0), str(path))
+
+
+def write_png(path: str | Path, array2d: np.ndarray) -> None:
+    """Write a 2D (X, Y) array as PNG, inverse of :func:`_read_png` (uint8 or uint16 as given)."""
+    from PIL import Image as PILImage
+
+    arr = np.asarray(array2d)
+    img = np.flipud(arr.T)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: write_png expects uint8/uint16 data, got {arr.dtype}")
+    with atomic_path(path, suffix=".png") as tmp:
+        PILImage.fromarray(np.ascontiguousarray(img)).save(tmp)
