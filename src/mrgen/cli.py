@@ -126,7 +126,7 @@ app.add_typer(segment_app, name="segment")
 _stage("segmenter", "mrgen.evaluate", fn="run", parent=evaluate_app, doc=(
     "3D Dice/HD95 per label on real target test volumes, and image-quality metrics of the synthetic set.\n\n"
     "Example: `mrgen evaluate segmenter -w runs/demo`"))
-_stage("autoencoder", "mrgen.evaluate", fn="run_autoencoder", parent=evaluate_app, doc=(
+_stage("autoencoder", "mrgen.autoencoder", fn="evaluate", parent=evaluate_app, doc=(
     "PSNR, SSIM, L1, MSE of autoencoder reconstructions on the test split.\n\nExample: `mrgen evaluate autoencoder -w runs/demo`"))
 app.add_typer(evaluate_app, name="evaluate")
 _stage("morph", "mrgen.morph", doc=(

@@ -320,6 +320,11 @@ def validate(cfg: Config) -> None:
             f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling "
             f"factor {factor} (len(autoencoder.channels)-1 halvings); pick a multiple of {factor}"
         )
+    if len(cfg.controller.conditioning_channels) != len(cfg.autoencoder.channels):
+        raise ConfigError(
+            f"controller.conditioning_channels needs {len(cfg.autoencoder.channels)} entries (one per autoencoder level, "
+            f"so the mask is downsampled {factor}x to latent size), got {list(cfg.controller.conditioning_channels)}"
+        )
     for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
         if stage.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
