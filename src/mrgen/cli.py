@@ -12,12 +12,25 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from mrgen import config as C
 
 console = Console(stderr=True)
 
+ORDER = ["phantom", "curate", "query", "train", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo"]
+
+
+class DataFlowGroup(TyperGroup):
+    """List subcommands in data-flow order, not registration order."""
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
 app = typer.Typer(
+    cls=DataFlowGroup,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="markdown",

@@ -177,6 +177,8 @@ class RunCfg:
     target_modality: str = "T2"
     source_datasets: tuple = ()  # empty = all datasets in the index
     target_datasets: tuple = ()
+    disjoint_subjects: bool = True  # a subject's series go to the source side or the target side, never both
+    baselines: tuple = ("source_only", "oracle")  # extra segmenters `mrgen run` trains for the report
     device: str = "cpu"
     seed: int = 0
 

@@ -1,0 +1,69 @@
+"""Which curated rows play which role in a cross-modality run.
+
+* **source**: the annotated modality (``run.source_modality``), train split, with masks.
+* **target**: the unannotated modality (``run.target_modality``), train split; its masks,
+  if the data has any, are never read by the engine.
+* **test**: the target modality, test split, with masks (evaluation only).
+
+With ``run.disjoint_subjects`` (default) a subject that has both modalities in the train
+split is given to the source side or the target side, never both, so the engine cannot
+profit from two co-registered series of one subject (the BraTS benchmark's rule).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from mrgen.config import Config
+
+
+@dataclass
+class Roles:
+    source: list = field(default_factory=list)
+    target: list = field(default_factory=list)
+    test: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        subj = lambda rows: len({(r["dataset"], r["subject"]) for r in rows})  # noqa: E731
+        return {
+            "source_items": len(self.source), "source_subjects": subj(self.source),
+            "target_items": len(self.target), "target_subjects": subj(self.target),
+            "test_items": len(self.test), "test_subjects": subj(self.test),
+        }
+
+
+def kind_of(cfg: Config) -> str:
+    return "slice" if cfg.data.spatial_dims == 2 else "volume"
+
+
+def _in(rows: list, datasets: tuple) -> list:
+    return [r for r in rows if not datasets or r["dataset"] in datasets]
+
+
+def assign(index, cfg: Config) -> Roles:
+    """Split the index into source / target / test rows (see module docstring)."""
+    kind = kind_of(cfg)
+    src = _in(index.query(kind=kind, modality=cfg.run.source_modality, split="train", has_mask=True), cfg.run.source_datasets)
+    tgt = _in(index.query(kind=kind, modality=cfg.run.target_modality, split="train"), cfg.run.target_datasets)
+    test = _in(index.query(kind=kind, modality=cfg.run.target_modality, split="test", has_mask=True), cfg.run.target_datasets)
+    if not src:
+        raise ValueError(
+            f"no annotated {cfg.run.source_modality} rows in the train split; check run.source_modality and that the "
+            f"manifest gives that series a masks: pattern"
+        )
+    if not tgt:
+        raise ValueError(f"no {cfg.run.target_modality} rows in the train split; check run.target_modality and the manifest")
+    if cfg.run.disjoint_subjects:
+        key = lambda r: (r["dataset"], r["subject"])  # noqa: E731
+        shared = sorted({key(r) for r in src} & {key(r) for r in tgt})
+        if shared:
+            rng = random.Random(cfg.run.seed)
+            rng.shuffle(shared)
+            to_target = set(shared[: len(shared) // 2])
+            to_source = set(shared) - to_target
+            if not to_source and to_target:  # one shared subject only: keep the annotated side
+                to_source, to_target = to_target, set()
+            src = [r for r in src if key(r) not in to_target]
+            tgt = [r for r in tgt if key(r) not in to_source]
+    return Roles(src, tgt, test)

@@ -1,0 +1,212 @@
+"""``mrgen synthesize``: render N target-modality candidates for every source mask.
+
+For each source mask the prompt is the target modality + its attributes + the source
+slice's region + the organs in the mask. Every candidate has its own seed, derived from
+``(sample.seed, mask id, candidate index)``, so it can be regenerated alone from its
+provenance record (:func:`regenerate`). Output per mask: ``synth/candidates/<key>.npz``
+(``images`` (N, H, W[, D]) float16 in [-1, 1], ``mask``, ``seeds``, ``meta`` = the JSON
+provenance records); ``synth/provenance.jsonl`` is rebuilt from those files at the end,
+so an interrupted run resumes by skipping finished masks and never leaves a torn log.
+Shard with ``sample.shard=i/n`` (mask i, i+n, ...) to spread work over processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrgen import io, prompts
+from mrgen.config import Config
+
+SYNTH = "synth"
+
+
+def mask_key(mask_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", mask_id).strip("_")
+
+
+def candidate_seed(base: int, mask_id: str, candidate: int) -> int:
+    h = hashlib.sha256(f"{base}|{mask_id}|{candidate}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+        assert 0 <= i < n
+    except Exception:
+        raise ValueError(f"sample.shard must look like i/n with 0 <= i < n (e.g. 0/4), got '{shard}'") from None
+    return i, n
+
+
+def source_masks(index, cfg: Config) -> list[dict]:
+    """Source rows whose mask holds at least one organ, subsampled to ``sample.max_masks`` (seeded)."""
+    from mrgen.roles import assign
+
+    rows = [r for r in assign(index, cfg).source if r["organs"]]
+    rows.sort(key=lambda r: r["id"])
+    if cfg.sample.max_masks and len(rows) > cfg.sample.max_masks:
+        rng = random.Random(cfg.sample.seed)
+        rows = sorted(rng.sample(rows, cfg.sample.max_masks), key=lambda r: r["id"])
+    return rows
+
+
+def target_prompt(cfg: Config, row: dict) -> str:
+    return prompts.build_prompt(cfg.run.target_modality, row["region"] or None, list(row["organs"]))
+
+
+def _sampler_settings(cfg: Config) -> dict:
+    return {
+        "ddim_steps": cfg.sample.ddim_steps,
+        "guidance": cfg.sample.guidance,
+        "eta": cfg.sample.eta,
+        "conditioning_scale": cfg.controller.conditioning_scale,
+    }
+
+
+def _load_mask(cfg: Config, row: dict) -> np.ndarray:
+    from mrgen.curate.dataset import load_mask, resize_volume
+
+    mask = load_mask(cfg.workdir / "curated", row)
+    if cfg.data.spatial_dims == 3:
+        size = cfg.data.image_size
+        mask = resize_volume(mask, (cfg.data.depth, size, size), order=0)
+    return mask.astype(np.int64)
+
+
+def run(cfg: Config) -> dict:
+    from rich.progress import Progress
+
+    from mrgen.controller import load_generator
+    from mrgen.curate.index import Index
+
+    index = Index(cfg.workdir / "curated" / "index.parquet")
+    rows = source_masks(index, cfg)
+    shard_i, shard_n = parse_shard(cfg.sample.shard)
+    rows = rows[shard_i::shard_n]
+    out = cfg.workdir / SYNTH / "candidates"
+    todo = [r for r in rows if not (out / f"{mask_key(r['id'])}.npz").exists()]
+    done = len(rows) - len(todo)
+    if todo:
+        gen = load_generator(cfg.workdir, cfg)
+        # jobs: (row, candidate) pairs, batched across masks so batches stay full
+        jobs = [(r, c) for r in todo for c in range(cfg.sample.candidates)]
+        pending: dict[str, list] = {}
+        with Progress(transient=False) as bar:
+            task = bar.add_task(f"synthesize {len(todo)} masks x {cfg.sample.candidates}", total=len(jobs))
+            for start in range(0, len(jobs), cfg.sample.batch_size):
+                batch = jobs[start : start + cfg.sample.batch_size]
+                masks = torch.from_numpy(np.stack([_load_mask(cfg, r) for r, _ in batch]))
+                texts = [target_prompt(cfg, r) for r, _ in batch]
+                seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
+                imgs = gen.generate(
+                    masks, texts, seeds, guidance=cfg.sample.guidance, steps=cfg.sample.ddim_steps,
+                    cond_scale=cfg.controller.conditioning_scale, eta=cfg.sample.eta,
+                )
+                for (r, c), img, seed, text, m in zip(batch, imgs, seeds, texts, masks):
+                    pending.setdefault(r["id"], []).append((c, img[0].float().numpy(), seed, text, m.numpy()))
+                    if len(pending[r["id"]]) == cfg.sample.candidates:
+                        _write_mask(cfg, gen, r, pending.pop(r["id"]), out)
+                bar.advance(task, len(batch))
+    records = rebuild_provenance(cfg.workdir)
+    grid = sample_grid(cfg.workdir)
+    return {"masks": len(rows), "resumed": done, "candidates": len(records), "grid": str(grid) if grid else ""}
+
+
+def _write_mask(cfg: Config, gen, row: dict, items: list, out: Path) -> None:
+    items.sort(key=lambda x: x[0])
+    key = mask_key(row["id"])
+    meta = [
+        {
+            "key": key, "mask_id": row["id"], "candidate": c, "seed": seed, "prompt": text,
+            "source_modality": row["modality"], "target_modality": cfg.run.target_modality,
+            "sampler": _sampler_settings(cfg), "checkpoints": dict(gen.hashes), "file": f"candidates/{key}.npz",
+        }
+        for c, _, seed, text, _ in items
+    ]
+    with io.atomic_path(out / f"{key}.npz", suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                images=np.stack([x[1] for x in items]).astype(np.float16),
+                mask=items[0][4].astype(np.uint8),
+                seeds=np.array([x[2] for x in items], dtype=np.int64),
+                meta=np.array(json.dumps(meta)),
+            )
+
+
+def load_candidates(path: str | Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {"images": z["images"].astype(np.float32), "mask": z["mask"].astype(np.int64), "seeds": z["seeds"],
+                "meta": json.loads(str(z["meta"]))}
+
+
+def rebuild_provenance(workdir: str | Path) -> list[dict]:
+    folder = Path(workdir) / SYNTH
+    records = []
+    for f in sorted((folder / "candidates").glob("*.npz")):
+        records.extend(load_candidates(f)["meta"])
+    with io.atomic_path(folder / "provenance.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
+    """Re-render one candidate from its provenance record: (H, W[, D]) float32 in [-1, 1]."""
+    from mrgen.controller import load_generator
+    from mrgen.curate.index import Index
+
+    gen = gen or load_generator(cfg.workdir, cfg)
+    stale = {k: v for k, v in record["checkpoints"].items() if gen.hashes.get(k) != v}
+    if stale:
+        raise ValueError(f"checkpoints changed since candidate {record['key']}#{record['candidate']} was made: {sorted(stale)}")
+    from mrgen.roles import kind_of
+
+    rows = Index(cfg.workdir / "curated" / "index.parquet").query(kind=kind_of(cfg), id=record["mask_id"])
+    if not rows:
+        raise ValueError(f"mask {record['mask_id']} is not in the curated index any more; re-curate the same data")
+    row = rows[0]
+    s = record["sampler"]
+    img = gen.generate(
+        torch.from_numpy(_load_mask(cfg, row))[None], [record["prompt"]], [record["seed"]],
+        guidance=s["guidance"], steps=s["ddim_steps"], cond_scale=s["conditioning_scale"], eta=s["eta"],
+    )
+    return img[0, 0].float().numpy()
+
+
+def sample_grid(workdir: str | Path, n_masks: int = 6, n_cand: int = 6) -> Path | None:
+    """``synth/samples.png``: per row a source mask then its first candidates (mid slice for 3D)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted((Path(workdir) / SYNTH / "candidates").glob("*.npz"))[:n_masks]
+    if not files:
+        return None
+    fig, axes = plt.subplots(len(files), n_cand + 1, figsize=(1.6 * (n_cand + 1), 1.6 * len(files)), squeeze=False)
+    for i, f in enumerate(files):
+        c = load_candidates(f)
+        mid = lambda a: a[..., a.shape[-1] // 2] if a.ndim == 3 else a  # noqa: E731
+        axes[i, 0].imshow(mid(c["mask"]).T, origin="lower", cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        axes[i, 0].set_title("mask" if i == 0 else "", fontsize=7)
+        for j in range(n_cand):
+            ax = axes[i, j + 1]
+            if j < len(c["images"]):
+                ax.imshow(mid(c["images"][j]).T, origin="lower", cmap="gray", vmin=-1, vmax=1)
+                ax.contour(mid(c["mask"]).T, levels=[0.5], colors="r", linewidths=0.4, origin="lower")
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle("source masks → synthetic target candidates (red: mask outline)", fontsize=8)
+    fig.tight_layout()
+    path = Path(workdir) / SYNTH / "samples.png"
+    with io.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
