@@ -178,6 +178,10 @@ class RunCfg:
     source_datasets: tuple = ()  # empty = all datasets in the index
     target_datasets: tuple = ()
     disjoint_subjects: bool = True  # a subject's series go to the source side or the target side, never both
+    # explicit subject lists (benchmark folds); when any is set it replaces the index's train/test split for that role
+    source_subjects: tuple = ()
+    target_subjects: tuple = ()
+    test_subjects: tuple = ()
     baselines: tuple = ("source_only", "oracle")  # extra segmenters `mrgen run` trains for the report
     device: str = "cpu"
     seed: int = 0

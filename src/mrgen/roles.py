@@ -44,9 +44,17 @@ def _in(rows: list, datasets: tuple) -> list:
 def assign(index, cfg: Config) -> Roles:
     """Split the index into source / target / test rows (see module docstring)."""
     kind = kind_of(cfg)
-    src = _in(index.query(kind=kind, modality=cfg.run.source_modality, split="train", has_mask=True), cfg.run.source_datasets)
-    tgt = _in(index.query(kind=kind, modality=cfg.run.target_modality, split="train"), cfg.run.target_datasets)
-    test = _in(index.query(kind=kind, modality=cfg.run.target_modality, split="test", has_mask=True), cfg.run.target_datasets)
+    r = cfg.run
+
+    def pick(modality, subjects, split, datasets, **kw):
+        if subjects:  # explicit fold: subjects decide, the curated split does not
+            rows = index.query(kind=kind, modality=modality, **kw)
+            return _in([x for x in rows if x["subject"] in set(map(str, subjects))], datasets)
+        return _in(index.query(kind=kind, modality=modality, split=split, **kw), datasets)
+
+    src = pick(r.source_modality, r.source_subjects, "train", r.source_datasets, has_mask=True)
+    tgt = pick(r.target_modality, r.target_subjects, "train", r.target_datasets)
+    test = pick(r.target_modality, r.test_subjects, "test", r.target_datasets, has_mask=True)
     if not src:
         raise ValueError(
             f"no annotated {cfg.run.source_modality} rows in the train split; check run.source_modality and that the "
