@@ -55,7 +55,7 @@ class CurateCfg:
 @dataclass
 class TextCfg:
     encoder: str = "minilm"  # minilm | learned | hf:<local path or name>
-    max_length: int = 48
+    max_length: int = 64  # tokens; template prompts with many organs exceed 48 (truncation is warned)
     dim: int = 384  # context dim for the `learned` encoder (others report their own)
 
 
@@ -73,6 +73,7 @@ class TrainCfg:
     log_every: int = 20
     seed: int = 0
     num_workers: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
 
 
 @dataclass
@@ -139,6 +140,11 @@ class FilterCfg:
     keep: int = 2
     relax: float = 0.1
     relax_keep: int = 1
+    top: int = 5  # only the best `top` candidates by mean IoU are considered (MRGen: 5; 0 = all)
+    classical_method: str = "watershed"  # watershed | random_walker | grabcut | region_grow (docs/filter.md)
+    perturb: int = 4  # prompt perturbations per organ (classical confidence = their stability)
+    segmenter: str = ""  # scorer=segmenter: folder of a trained segmenter (default <workdir>/segment/oracle)
+    figure_masks: int = 4  # masks shown in filter/kept_vs_rejected.png
 
 
 @dataclass
@@ -153,13 +159,19 @@ class SegmentCfg:
     channels: tuple = (16, 32, 64, 128)
     strides: tuple = (2, 2, 2)
     num_res_units: int = 1
+    dropout: float = 0.0
+    augment: bool = True  # flips, rot90, small affine/elastic, intensity scale/shift/gamma, noise
+    name: str = "engine"  # `mrgen segment train|predict` use <workdir>/segment/<name>
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=2e-3, batch_size=16))
 
 
 @dataclass
 class EvaluateCfg:
-    features: str = "efficientnet-lite0"  # or a local weights path for inception/radimagenet
+    features: str = "efficientnet-lite0"  # or a local .safetensors path (architecture in features_arch)
+    features_arch: str = "efficientnet-lite0"  # efficientnet-lite0 | resnet50 (RadImageNet); see docs/evaluate.md
     hd_percentile: float = 95.0
+    max_images: int = 500  # images per side for FD/KID/PSNR/SSIM
+    overlays: int = 6  # sample overlays in eval/<name>/figures
 
 
 @dataclass
