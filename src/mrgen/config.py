@@ -177,7 +177,7 @@ class EvaluateCfg:
 @dataclass
 class MorphCfg:
     recipe: str = ""  # YAML recipe of chained edits
-    inputs: str = ""  # glob of label NIfTI files; empty = the curated masks of the run
+    inputs: str = ""  # glob of label NIfTI files; empty = the run's phantom masks (<workdir>/phantom/masks/*.nii.gz)
     variants: int = 1  # random draws per input
     seed: int = 0
 
