@@ -32,6 +32,7 @@ class Image:
     spacing: tuple  # mm per axis
     path: str
     reoriented: bool = False  # True when the file was not already in RAS+
+    orientation: str = "RAS"  # axis codes of the file before canonicalisation (e.g. "LPS")
 
 
 @contextmanager
@@ -44,10 +45,35 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _public(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _public(path: str | Path) -> None:
+    """mkstemp files are 0600; give the final file the usual 0666 & ~umask."""
+    try:
+        os.chmod(path, 0o666 & ~_UMASK)
+    except OSError:
+        pass
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -149,10 +175,11 @@ def _read_nifti(path: Path) -> Image:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise ImageError(f"{path}: expected a 2D or 3D volume, got shape {arr.shape}; split 4D series into 3D files")
-    spacing = tuple(float(s) for s in canon.header.get_zooms()[:3])
+    spacing = tuple(round(float(s), 6) for s in canon.header.get_zooms()[:3])  # float32 header -> 7.7, not 7.6999998
     if len(spacing) < 3:
         spacing = spacing + (1.0,) * (3 - len(spacing))
-    return Image(arr, canon.affine.astype(np.float64), spacing, str(path), reoriented=orig != ("R", "A", "S"))
+    return Image(arr, canon.affine.astype(np.float64), spacing, str(path), reoriented=orig != ("R", "A", "S"),
+                 orientation="".join(orig))
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> None:
@@ -210,8 +237,9 @@ def _read_dicom(path: Path) -> Image:
     nii = nib.Nifti1Image(vol, aff)
     orig = nib.aff2axcodes(aff)
     canon = nib.as_closest_canonical(nii)
-    spacing = tuple(float(s) for s in canon.header.get_zooms()[:3])
-    return Image(np.asarray(canon.dataobj), canon.affine, spacing, str(path), reoriented=orig != ("R", "A", "S"))
+    spacing = tuple(round(float(s), 6) for s in canon.header.get_zooms()[:3])  # float32 header -> 7.7, not 7.6999998
+    return Image(np.asarray(canon.dataobj), canon.affine, spacing, str(path), reoriented=orig != ("R", "A", "S"),
+                 orientation="".join(orig))
 
 
 # ----------------------------------------------------------------------------- PNG

@@ -1,0 +1,275 @@
+"""Read a curate manifest (see docs/curate.md) and list the volumes it names.
+
+Everything that can be checked without reading image data is checked here, before
+``curate`` writes anything: keys, modality names, regions, labels, glob patterns that
+match nothing, subject ids the regex cannot find, missing mask files, duplicates.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mrgen import prompts
+
+NORMALIZE = ("mr", "mr-fg", "ct", "minmax")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)?([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class CurateError(ValueError):
+    """Bad curate input (manifest or image); the message names the file and the fix."""
+
+
+@dataclass
+class Series:
+    modality: str  # canonical modality name
+    images: str  # glob relative to the dataset root
+    masks: str = ""  # path pattern with {subject}; "" = unannotated
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    root: Path
+    subject_pattern: str
+    normalize: str
+    labels: dict  # int -> organ name
+    series: list
+    region: str = ""
+    region_by_slice: list = field(default_factory=list)  # [(start, end, region)], fractions from the top
+
+    def regions_for(self, depth: int) -> list[str]:
+        """Region of each z index (canonical RAS: z=0 is the most inferior slice)."""
+        if not self.region_by_slice:
+            return [self.region] * depth
+        out = []
+        for z in range(depth):
+            frac = (depth - 1 - z + 0.5) / depth  # 0 at the superior end, 1 at the inferior end
+            region = self.region
+            for start, end, name in self.region_by_slice:
+                if start <= frac < end or (end >= 1.0 and frac >= start):
+                    region = name
+                    break
+            out.append(region)
+        return out
+
+
+@dataclass
+class VolumeSpec:
+    dataset: DatasetSpec
+    subject: str
+    modality: str
+    image: Path
+    mask: Path | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset.name}/{self.subject}/{self.modality}"
+
+
+@dataclass
+class Manifest:
+    path: Path
+    sha256: str
+    datasets: list
+
+
+def expand_env(text: str, where: str = "") -> str:
+    """Expand ``$VAR``, ``${VAR}`` and ``${VAR:-default}`` (default when unset or empty)."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(4)
+        value = os.environ.get(name)
+        if m.group(2):  # has a default
+            if value is None or (m.group(2) == ":-" and value == ""):
+                return m.group(3)
+            return value
+        if value is None:
+            raise CurateError(f"{where}: environment variable {name} is not set; set it or write ${{{name}:-default}}")
+        return value
+
+    return os.path.expanduser(_ENV.sub(sub, text))
+
+
+def _labels(raw, where: str) -> dict:
+    if raw in (None, {}):
+        return {}
+    if not isinstance(raw, dict):
+        raise CurateError(f"{where}: 'labels' must be a mapping like {{1: liver, 2: spleen}}")
+    out = {}
+    for k, v in raw.items():
+        try:
+            value = int(k)
+        except (TypeError, ValueError):
+            raise CurateError(f"{where}: label key {k!r} is not an integer; write labels as {{1: liver, 2: spleen}}") from None
+        if not 1 <= value <= 255:
+            raise CurateError(f"{where}: label value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
+        if not isinstance(v, str) or not v.strip():
+            raise CurateError(f"{where}: label {value} needs a name (e.g. {value}: liver)")
+        out[value] = v.strip()
+    return dict(sorted(out.items()))
+
+
+def _region(name, where: str) -> str:
+    if name in (None, ""):
+        return ""
+    try:
+        prompts.region_text(str(name))
+    except prompts.PromptError as exc:
+        raise CurateError(f"{where}: {exc}") from None
+    table = prompts.regions()
+    return str(name) if name in table else next(k for k, e in table.items() if e["text"] == name)
+
+
+def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
+    where = f"{mpath}: datasets[{i}]"
+    if not isinstance(raw, dict):
+        raise CurateError(f"{where} must be a mapping with name, root, subject_pattern, series")
+    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "series"}
+    extra = set(raw) - known
+    if extra:
+        raise CurateError(f"{where}: unknown key(s) {sorted(extra)}; valid keys: {', '.join(sorted(known))}")
+    name = str(raw.get("name") or "")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise CurateError(f"{where}: 'name' must be a non-empty id of letters, digits, '.', '_' or '-', got {name!r}")
+    where = f"{mpath}: dataset '{name}'"
+    root = Path(expand_env(str(raw.get("root", ".")), where))
+    if not root.is_absolute():
+        root = mpath.parent / root
+    root = Path(os.path.normpath(root))
+    if not root.is_dir():
+        raise CurateError(f"{where}: root folder {root} does not exist; fix 'root' (relative to the manifest) or set the variable it uses (e.g. MRGEN_SHARED_DATA)")
+    pattern = str(raw.get("subject_pattern") or "")
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise CurateError(f"{where}: subject_pattern {pattern!r} is not a valid regex ({exc})") from None
+    if "subject" not in rx.groupindex:
+        raise CurateError(f"{where}: subject_pattern {pattern!r} needs a named group, e.g. '(?P<subject>sub-\\d+)'")
+    normalize = str(raw.get("normalize", "mr"))
+    if normalize not in NORMALIZE:
+        raise CurateError(f"{where}: normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+    region = _region(raw.get("region"), where)
+    rules = []
+    for rule in raw.get("region_by_slice") or []:
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 3):
+            raise CurateError(f"{where}: region_by_slice entries look like [0.0, 0.3, lower_thorax], got {rule!r}")
+        a, b = float(rule[0]), float(rule[1])
+        if not 0.0 <= a < b <= 1.0:
+            raise CurateError(f"{where}: region_by_slice range [{a}, {b}] must satisfy 0 <= start < end <= 1")
+        rules.append((a, b, _region(rule[2], where)))
+    labels = _labels(raw.get("labels"), where)
+    series_raw = raw.get("series")
+    if not isinstance(series_raw, list) or not series_raw:
+        raise CurateError(f"{where}: 'series' must list at least one {{modality: ..., images: ...}}")
+    series, seen = [], set()
+    for j, s in enumerate(series_raw):
+        if not isinstance(s, dict) or not s.get("modality") or not s.get("images"):
+            raise CurateError(f"{where}: series[{j}] needs 'modality' and 'images' (and optionally 'masks')")
+        extra = set(s) - {"modality", "images", "masks"}
+        if extra:
+            raise CurateError(f"{where}: series[{j}] has unknown key(s) {sorted(extra)}; valid: modality, images, masks")
+        try:
+            modality = prompts.canonical_modality(str(s["modality"]))
+        except prompts.PromptError as exc:
+            raise CurateError(f"{where}: series[{j}]: {exc}") from None
+        if modality in seen:
+            raise CurateError(f"{where}: modality {modality} appears in two series; merge them into one glob")
+        seen.add(modality)
+        masks = str(s.get("masks") or "")
+        if masks and not labels:
+            raise CurateError(f"{where}: series {modality} has masks but the dataset declares no 'labels'; add e.g. labels: {{1: liver}}")
+        series.append(Series(modality, str(s["images"]), masks))
+    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise CurateError(f"manifest {path} does not exist; give curate.manifest=<file.yaml> or run `mrgen phantom` first")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CurateError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), list) or not raw["datasets"]:
+        raise CurateError(f"{path}: a manifest needs 'version: 1' and a non-empty 'datasets:' list (see docs/curate.md)")
+    if int(raw.get("version", 1)) != 1:
+        raise CurateError(f"{path}: manifest version {raw.get('version')} is not supported; this mrgen reads version 1")
+    datasets = [_dataset(d, i, path) for i, d in enumerate(raw["datasets"])]
+    names = [d.name for d in datasets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CurateError(f"{path}: dataset name(s) {dup} used twice; names must be unique")
+    return Manifest(path, hashlib.sha256(text.encode()).hexdigest()[:16], datasets)
+
+
+def _glob(root: Path, pattern: str) -> list[Path]:
+    full = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(root)), pattern)
+    return sorted(Path(p) for p in glob.glob(full, recursive=True))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def volumes(manifest: Manifest) -> list[VolumeSpec]:
+    """Every (dataset, subject, modality) volume the manifest names, checked and sorted."""
+    out = []
+    for ds in manifest.datasets:
+        rx = re.compile(ds.subject_pattern)
+        for s in ds.series:
+            where = f"{manifest.path}: dataset '{ds.name}' series {s.modality}"
+            files = _glob(ds.root, s.images)
+            if not files:
+                raise CurateError(
+                    f"{where}: images pattern '{s.images}' matches nothing under {ds.root}; "
+                    f"fix the pattern or the dataset root (relative to the manifest, or via MRGEN_SHARED_DATA)"
+                )
+            by_subject: dict = {}
+            for f in files:
+                m = rx.search(_rel(f, ds.root))
+                if not m or not m.group("subject"):
+                    raise CurateError(
+                        f"{f}: subject_pattern '{ds.subject_pattern}' does not match this path "
+                        f"('{_rel(f, ds.root)}', relative to {ds.root}); fix the regex or narrow the images glob"
+                    )
+                subj = m.group("subject")
+                if subj in by_subject:
+                    raise CurateError(
+                        f"{where}: subject '{subj}' matches two files ({by_subject[subj]} and {f}); "
+                        f"narrow the images glob or make subject_pattern capture a unique id"
+                    )
+                by_subject[subj] = f
+            for subj, f in sorted(by_subject.items()):
+                mask = _mask_path(ds, s, subj, f) if s.masks else None
+                out.append(VolumeSpec(ds, subj, s.modality, f, mask))
+    return sorted(out, key=lambda v: v.key)
+
+
+def _mask_path(ds: DatasetSpec, s: Series, subject: str, image: Path) -> Path:
+    pattern = s.masks.replace("{subject}", subject)
+    if glob.has_magic(pattern):
+        hits = _glob(ds.root, pattern)
+        if len(hits) != 1:
+            raise CurateError(
+                f"{image}: masks pattern '{pattern}' matches {len(hits)} files under {ds.root} for subject '{subject}'; "
+                f"it must match exactly one"
+            )
+        return hits[0]
+    path = Path(pattern) if os.path.isabs(pattern) else ds.root / pattern
+    if not path.exists():
+        raise CurateError(
+            f"{image}: its mask {path} does not exist (masks pattern '{s.masks}', subject '{subject}'); "
+            f"fix the masks pattern or drop 'masks' for an unannotated series"
+        )
+    return path
