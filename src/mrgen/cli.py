@@ -18,7 +18,7 @@ from mrgen import config as C
 
 console = Console(stderr=True)
 
-ORDER = ["phantom", "curate", "query", "train", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo"]
+ORDER = ["phantom", "curate", "query", "train", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo", "bench"]
 
 
 class DataFlowGroup(TyperGroup):
@@ -182,6 +182,21 @@ def query(
     console.print(f"{len(rows)} rows")
     for r in rows[:limit]:
         typer.echo(f"{r['id']}\t{r['modality']}\t{r['region']}\t{','.join(r['organs'])}\t{r['split']}")
+
+
+@app.command("bench")
+def bench(
+    benchmark: str = typer.Argument(..., help="Benchmark definition, e.g. benchmarks/brats_flair_to_t1c.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides of the definition, e.g. config.segment.train.steps=50"),
+    workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Run folder (default runs/bench/NAME)."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated subset, e.g. source_only,oracle"),
+):
+    """Cross-modality benchmark on real MRI: every method's segmenter per fold, Dice/HD95/compute report.
+
+    Example: `mrgen bench benchmarks/spinalcord_t2_to_t1.yaml -w runs/bench/cord --methods source_only,oracle`
+    """
+    result = _call("mrgen.bench", "run", benchmark, workdir, list(overrides or []), methods)
+    console.print(_summary(result))
 
 
 def main(argv: Optional[list] = None) -> None:
