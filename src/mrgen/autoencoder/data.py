@@ -1,0 +1,145 @@
+"""Training items for the generative stages (shared by autoencoder, ldm and controller).
+
+Items are curated rows loaded once into memory (float16 images, uint8 masks) when they fit in
+``PRELOAD_BYTES``, else read per batch from the memory-mapped arrays. 2D: slice rows,
+``(1, H, W)``. 3D: volume rows resampled to ``(1, depth, size, size)``, i.e. the stored
+``(Z, H, W)`` layout; masks, latents and generated images keep that layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrgen.config import Config
+
+PRELOAD_BYTES = 2 << 30
+
+
+def curated_root(cfg: Config) -> Path:
+    return cfg.workdir / "curated"
+
+
+def open_index(cfg: Config):
+    from mrgen.curate.index import Index
+
+    return Index(curated_root(cfg) / "index.parquet")
+
+
+def kind_of(cfg: Config) -> str:
+    return "slice" if cfg.data.spatial_dims == 2 else "volume"
+
+
+def item_shape(cfg: Config) -> tuple[int, ...]:
+    s = cfg.data.image_size
+    return (s, s) if cfg.data.spatial_dims == 2 else (cfg.data.depth, s, s)
+
+
+def label_names(cfg: Config) -> list[str]:
+    path = curated_root(cfg) / "labels.json"
+    if not path.exists():
+        return []
+    return sorted({str(n) for d in json.loads(path.read_text()).values() for n in d.values()})
+
+
+def n_labels(cfg: Config) -> int:
+    """Largest label value over every dataset of the index (``labels.json``)."""
+    path = curated_root(cfg) / "labels.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `mrgen curate` first")
+    values = [int(v) for d in json.loads(path.read_text()).values() for v in d]
+    if not values:
+        raise ValueError(f"{path} lists no labels; the manifest needs a labels: mapping for the annotated series")
+    return max(values)
+
+
+def data_hash(rows: list[dict], cfg: Config, *extra: str) -> str:
+    """Hash of the item set (ids + content hashes) and the item shape."""
+    h = hashlib.sha256(json.dumps([cfg.data.spatial_dims, list(item_shape(cfg)), *extra]).encode())
+    for r in sorted(rows, key=lambda r: r["id"]):
+        h.update(f"{r['id']}|{r.get('hash', '')}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def no_organ_prompt(row: dict) -> str:
+    from mrgen.prompts import build_prompt
+
+    return build_prompt(row["modality"], row.get("region") or None, [], drop_organs=True)
+
+
+def load_item(cfg: Config, row: dict, with_mask: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` float32 ``(1, *item_shape)``, ``mask`` int64 ``item_shape`` (zeros if unannotated)."""
+    from mrgen.curate.dataset import load_image, load_mask, resize_volume
+
+    root = curated_root(cfg)
+    img = load_image(root, row)
+    mask = load_mask(root, row) if with_mask else None
+    shape = item_shape(cfg)
+    if cfg.data.spatial_dims == 3:
+        img = resize_volume(img, shape, order=1)
+        mask = resize_volume(mask, shape, order=0) if mask is not None else None
+    elif img.shape[1:] != shape:
+        raise ValueError(f"{row['id']}: slice shape {img.shape[1:]} != data.image_size {shape}; re-curate with this data config")
+    return img, mask
+
+
+class Items:
+    """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``."""
+
+    def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False):
+        self.cfg, self.rows, self.with_mask = cfg, list(rows), with_mask
+        shape = item_shape(cfg)
+        self.preload = len(self.rows) * int(np.prod(shape)) * 3 <= PRELOAD_BYTES
+        self._img = self._mask = None
+        if self.preload and self.rows:
+            img = torch.empty((len(self.rows), 1, *shape), dtype=torch.float16)
+            mask = torch.zeros((len(self.rows), *shape), dtype=torch.uint8) if with_mask else None
+            for i, r in enumerate(self.rows):
+                a, m = load_item(cfg, r, with_mask)
+                img[i] = torch.from_numpy(a)
+                if mask is not None:
+                    mask[i] = torch.from_numpy(m.astype(np.uint8))
+            self._img, self._mask = img, mask
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def images(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self._img is not None:
+            return self._img[idx].float()
+        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i])[0]) for i in idx.tolist()])
+
+    def masks(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if not self.with_mask:
+            return torch.zeros((len(idx), *item_shape(self.cfg)), dtype=torch.long)
+        if self._mask is not None:
+            return self._mask[idx].long()
+        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True)[1]) for i in idx.tolist()])
+
+
+def augment(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Per item, with probability ``prob``: one of h-flip, v-flip, 90/180/270° rotation (in-plane, last two axes)."""
+    if prob <= 0:
+        return x
+    x = x.clone()
+    square = x.shape[-1] == x.shape[-2]
+    ops = 5 if square else 3  # 90/270° rotations need square planes
+    apply = torch.rand(x.shape[0]) < prob
+    choice = torch.randint(0, ops, (x.shape[0],))
+    for i in torch.nonzero(apply).flatten().tolist():
+        c = int(choice[i])
+        if c == 0:
+            x[i] = x[i].flip(-1)
+        elif c == 1:
+            x[i] = x[i].flip(-2)
+        elif c == 2:
+            x[i] = x[i].rot90(2, (-2, -1))
+        else:
+            x[i] = x[i].rot90(1 if c == 3 else 3, (-2, -1))
+    return x
