@@ -1,0 +1,69 @@
+"""``mrgen export nnunet``: the kept synthetic pairs as an nnU-Net v2 raw dataset.
+
+Writes ``<workdir>/nnunet/Dataset{export.dataset_id:03d}_{export.name}/`` (see
+:mod:`mrgen.export.nnunet` for the layout); ``provenance.jsonl`` maps each case to the
+candidate it came from (key, mask id, candidate, seed, prompt, sampler, checkpoints, filter
+scores), enough to regenerate it. :func:`export_pairs` is reusable for any (image, mask) set
+(benchmarks, the oracle's real pairs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrgen import io
+from mrgen.export.nnunet import dataset_folder, export_pairs, from_uint8, label_map, read_dataset, to_uint8
+
+__all__ = ["run", "export_pairs", "read_dataset", "dataset_folder", "label_map", "to_uint8", "from_uint8", "kept_pairs",
+           "run_labels"]
+
+
+def run_labels(workdir: str | Path) -> dict:
+    """``{value: name}`` over all datasets of ``curated/labels.json`` (names joined when datasets disagree)."""
+    labels = io.read_json(Path(workdir) / "curated" / "labels.json")
+    merged: dict = {}
+    for d in labels.values():
+        for v, n in d.items():
+            v = int(v)
+            if v == 0:
+                continue
+            merged[v] = n if v not in merged or merged[v] == n else f"{merged[v]}/{n}"
+    return merged
+
+
+def kept_pairs(workdir: str | Path):
+    """Yield ``(kept record, image [-1, 1], mask, provenance record)`` for every kept candidate."""
+    from mrgen.sample import load_candidates
+
+    wd = Path(workdir)
+    kept_file = wd / "filter" / "kept.json"
+    if not kept_file.exists():
+        raise FileNotFoundError(f"{kept_file} not found; run `mrgen filter -w {wd}` first")
+    kept = io.read_json(kept_file)
+    cache_key, cache = None, None
+    for item in kept["kept"]:
+        f = wd / "synth" / "candidates" / f"{item['key']}.npz"
+        if f != cache_key:
+            cache_key, cache = f, load_candidates(f)
+        c = int(item["candidate"])
+        meta = cache["meta"][c] if c < len(cache.get("meta", [])) else {}
+        yield item, cache["images"][c], cache["mask"], meta
+
+
+def run(cfg) -> dict:
+    wd = cfg.workdir
+    fmt = "nifti" if cfg.data.spatial_dims == 3 else cfg.export.format
+    out = dataset_folder(wd / "nnunet", cfg.export.dataset_id, cfg.export.name)
+    pairs, prov = [], []
+    for i, (item, image, mask, meta) in enumerate(kept_pairs(wd)):
+        case = f"{cfg.export.name}_{i:05d}"
+        pairs.append((case, np.asarray(image, np.float32), np.asarray(mask)))
+        prov.append({**meta, **{k: item[k] for k in ("key", "candidate", "mean_iou", "mean_conf", "relaxed") if k in item}})
+    res = export_pairs(pairs, out, run_labels(wd), cfg.run.target_modality, fmt, provenance=prov,
+                       description=f"mrgen synthetic {cfg.run.target_modality} from {cfg.run.source_modality} masks")
+    if not pairs:
+        res["warning"] = ("filter kept no candidates (every mask was dropped): the dataset is empty; lower the filter "
+                          "thresholds (see docs/filter.md) or synthesize more candidates")
+    return res

@@ -1,0 +1,157 @@
+"""``mrgen segment``: the built-in CPU-practical segmenter (MONAI UNet, Dice + CE).
+
+* :func:`train_segmenter` — train on in-memory pairs; writes ``model.safetensors`` + ``model.json``.
+* :func:`load_segmenter`, :func:`predict` (labels), :func:`predict_proba` (softmax).
+* :func:`run_train` — ``mrgen segment train``: trains on the nnU-Net export of the run.
+* :func:`run_predict` — ``mrgen segment predict``: the target-modality test split →
+  ``<workdir>/segment/<name>/pred/``.
+
+For nnU-Net v2 on the same export (GPU machine), see docs/segment.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrgen import io
+from mrgen.segment.model import Segmenter, augment, pad_to
+from mrgen.segment.volumes import group_volumes, load_rows, predict_rows
+
+__all__ = ["train_segmenter", "load_segmenter", "predict", "predict_proba", "run_train", "run_predict", "Segmenter",
+           "augment", "group_volumes", "load_rows", "predict_rows"]
+
+KIND = "segmenter"
+
+
+def _stack(arrays: list, dtype, what: str) -> np.ndarray:
+    shapes = {tuple(np.asarray(a).shape) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"train_segmenter: all {what} must share one shape, got {sorted(shapes)[:4]}")
+    return np.stack([np.asarray(a, dtype) for a in arrays])
+
+
+def train_segmenter(images: list, masks: list, n_classes: int, cfg, out_dir: str | Path, name: str = "engine") -> Path:
+    """Train a UNet on ``images`` ((H, W) or (Z, H, W), [-1, 1]) and int ``masks``; returns ``out_dir``.
+
+    Network from ``cfg.segment`` and ``cfg.data.spatial_dims``, loop from ``cfg.segment.train``
+    (resumable checkpoints via :func:`mrgen.train.fit`).
+    """
+    from monai.losses import DiceCELoss
+
+    from mrgen import train
+    from mrgen.config import to_dict
+
+    if not images or len(images) != len(masks):
+        raise ValueError(f"train_segmenter needs as many masks as images (got {len(images)} images, {len(masks)} masks)")
+    x = torch.from_numpy(_stack(images, np.float32, "images"))[:, None]
+    y = torch.from_numpy(_stack(masks, np.int64, "masks"))[:, None]
+    sd = cfg.data.spatial_dims
+    if x.dim() - 2 != sd:
+        raise ValueError(f"data.spatial_dims={sd} but the images are {x.dim() - 2}D ({tuple(x.shape[2:])})")
+    if int(y.max()) >= n_classes or int(y.min()) < 0:
+        raise ValueError(f"mask values span [{int(y.min())}, {int(y.max())}] but n_classes={n_classes}")
+    s = cfg.segment
+    model = Segmenter(sd, n_classes, s.channels, s.strides, s.num_res_units, s.dropout)
+    if any(d % model.multiple for d in x.shape[2:]):
+        x, _ = pad_to(x, model.multiple)
+        y, _ = pad_to(y.float(), model.multiple)
+        y = y.long()
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def batch_fn(step, draw):
+        idx = draw(len(x))
+        xb, yb = x[idx], y[idx]
+        return augment(xb, yb) if s.augment else (xb, yb)
+
+    def loss_fn(batch, step):
+        xb, yb = batch
+        return loss(model(xb), yb)
+
+    data_hash = io.array_hash(np.concatenate([x.numpy().ravel()[:: max(1, x.numel() // 2_000_000)],
+                                              y.numpy().ravel().astype(np.float32)[:: max(1, y.numel() // 2_000_000)]]))
+    meta = {"config": {**model.config, "segment": to_dict(s)}, "data_hash": data_hash, "name": name,
+            "n_train": len(x), "image_shape": list(x.shape[2:])}
+    train.fit(KIND, out_dir, {"segmenter": model}, ["segmenter"], loss_fn, batch_fn, s.train, meta,
+              device=cfg.run.device)
+    return Path(out_dir)
+
+
+def load_segmenter(folder: str | Path) -> Segmenter:
+    """Rebuild the network from ``model.json`` and load ``model.safetensors`` (never a pickle)."""
+    from mrgen.nets.store import load_model, read_meta
+
+    meta = read_meta(folder)
+    c = meta["config"]
+    model = Segmenter(c["spatial_dims"], c["n_classes"], c["channels"], c["strides"], c["num_res_units"], c.get("dropout", 0.0))
+    load_model(folder, model, kind=KIND)
+    model.meta = meta
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_proba(model: Segmenter, image: np.ndarray) -> np.ndarray:
+    """Softmax ``(C, *S)`` for one image ``(H, W)`` / ``(Z, H, W)`` (a leading channel of 1 is accepted)."""
+    a = np.asarray(image, np.float32)
+    if a.ndim == model.spatial_dims + 1 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != model.spatial_dims:
+        raise ValueError(f"this segmenter is {model.spatial_dims}D; got an image of shape {np.asarray(image).shape}")
+    x, shape = pad_to(torch.from_numpy(a)[None, None], model.multiple)
+    prob = torch.softmax(model.eval()(x).float(), 1)[0]
+    return prob[(slice(None), *(slice(0, s) for s in shape))].numpy()
+
+
+def predict(model: Segmenter, image: np.ndarray) -> np.ndarray:
+    """Labels (int64, same spatial shape as ``image``)."""
+    return predict_proba(model, image).argmax(0).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- CLI stages
+
+
+def run_train(cfg) -> dict:
+    """Train ``<workdir>/segment/<segment.name>`` on ``<workdir>/nnunet/Dataset…`` (images back to [-1, 1])."""
+    from mrgen.export import dataset_folder, read_dataset
+
+    folder = dataset_folder(cfg.workdir / "nnunet", cfg.export.dataset_id, cfg.export.name)
+    if not (folder / "dataset.json").exists():
+        raise FileNotFoundError(f"{folder / 'dataset.json'} not found; run `mrgen export nnunet -w {cfg.workdir}` first")
+    images, masks, ds = read_dataset(folder)
+    if not images:
+        raise ValueError(f"{folder} holds no training cases")
+    n_classes = _n_classes(cfg.workdir, masks)
+    out = cfg.workdir / "segment" / cfg.segment.name
+    train_segmenter(images, masks, n_classes, cfg, out, cfg.segment.name)
+    return {"model": str(out), "cases": len(images), "n_classes": n_classes}
+
+
+def _n_classes(workdir: Path, masks: list) -> int:
+    labels_file = Path(workdir) / "curated" / "labels.json"
+    top = max(int(np.max(m)) for m in masks)
+    if labels_file.exists():
+        top = max(top, *(int(v) for d in io.read_json(labels_file).values() for v in d))
+    return top + 1
+
+
+def run_predict(cfg) -> dict:
+    """Predict the target-modality test split into ``<workdir>/segment/<name>/pred/`` (one NIfTI per volume)."""
+    from mrgen.curate.index import Index
+    from mrgen.roles import assign
+
+    folder = cfg.workdir / "segment" / cfg.segment.name
+    model = load_segmenter(folder)
+    rows = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg).test
+    if not rows:
+        raise ValueError(f"no {cfg.run.target_modality} test rows with masks in the index")
+    out = folder / "pred"
+    records = []
+    for vol in predict_rows(model, rows, cfg.workdir / "curated"):
+        f = out / f"{vol['key'].replace('/', '__')}.nii.gz"
+        pred = vol["pred"].astype(np.uint8)
+        io.write_nifti(f, np.transpose(pred, (1, 2, 0)), spacing=(vol["spacing"][1], vol["spacing"][2], vol["spacing"][0]))
+        records.append({"volume": vol["key"], "file": f.name, "ids": vol["ids"], "shape_zxy": list(pred.shape)})
+    io.write_json(out / "predictions.json", records)
+    return {"pred": str(out), "volumes": len(records), "items": sum(len(r["ids"]) for r in records)}

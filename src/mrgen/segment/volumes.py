@@ -1,0 +1,76 @@
+"""Index rows -> whole volumes for prediction and 3D evaluation.
+
+Slice rows of one series (same ``image`` array) are stacked back in slice order, as the paper
+evaluates (3D Dice per volume); volume rows are used as they are (resampled to the shape the
+3D model was trained on). Arrays are ``(Z, X, Y)``; ``spacing`` is in mm in the same order,
+corrected for the curation's in-plane (and, in 3D, through-plane) resampling.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+def _is_slice(row: dict) -> bool:
+    return row.get("kind", "slice" if int(row.get("slice", -1)) >= 0 else "volume") == "slice"
+
+
+def group_volumes(rows: list[dict]) -> "OrderedDict[str, list[dict]]":
+    """``{volume key: rows sorted by slice}``; key = the row id without its ``/z…`` suffix."""
+    groups: OrderedDict = OrderedDict()
+    for r in sorted(rows, key=lambda r: (str(r["id"]).rsplit("/z", 1)[0] if _is_slice(r) else str(r["id"]), int(r.get("slice", -1)))):
+        key = str(r["id"]).rsplit("/z", 1)[0] if _is_slice(r) else str(r["id"])
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _spacing(row: dict, stored: tuple) -> tuple:
+    """mm per axis of the stored item, in (Z, X, Y) order."""
+    sp = [float(s) for s in (row.get("spacing") or [1.0, 1.0, 1.0])]
+    orig = [int(s) for s in (row.get("orig_shape") or [])]
+    if len(sp) < 3:
+        sp = sp + [1.0] * (3 - len(sp))
+    if len(orig) < 3:
+        return (sp[2], sp[0], sp[1])
+    if len(stored) == 2:  # slice: (X', Y')
+        return (sp[2], sp[0] * orig[0] / stored[0], sp[1] * orig[1] / stored[1])
+    return (sp[2] * orig[2] / stored[0], sp[0] * orig[0] / stored[1], sp[1] * orig[1] / stored[2])
+
+
+def load_rows(root, rows: list[dict], shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One volume from its rows: (image (Z, X, Y) float32, mask (Z, X, Y) int64, spacing (Z, X, Y) mm).
+
+    ``shape``: resample a volume row to this (Z, X, Y) (3D models); ignored for slice rows.
+    """
+    from mrgen.curate.dataset import load_image, load_mask, resize_volume
+
+    if _is_slice(rows[0]):
+        img = np.stack([load_image(root, r)[0] for r in rows]).astype(np.float32)
+        msk = np.stack([load_mask(root, r) for r in rows]).astype(np.int64)
+        return img, msk, _spacing(rows[0], img.shape[1:])
+    r = rows[0]
+    img, msk = load_image(root, r)[0], load_mask(root, r)
+    sp = _spacing(r, img.shape)
+    if shape is not None and tuple(shape) != tuple(img.shape):
+        sp = tuple(s * a / b for s, a, b in zip(sp, img.shape, shape))
+        img = resize_volume(img, tuple(shape), order=1)
+        msk = resize_volume(msk, tuple(shape), order=0)
+    return img.astype(np.float32), msk.astype(np.int64), sp
+
+
+def predict_rows(model, rows: list[dict], root):
+    """Yield ``{key, ids, image, gt, pred, spacing}`` per volume for a loaded segmenter."""
+    from mrgen.segment import predict
+
+    shape = None
+    if model.spatial_dims == 3:
+        shape = tuple(getattr(model, "meta", {}).get("image_shape", []) or []) or None
+    for key, rs in group_volumes(rows).items():
+        img, gt, sp = load_rows(root, rs, shape)
+        if model.spatial_dims == 2:
+            pred = np.stack([predict(model, s) for s in img])
+        else:
+            pred = predict(model, img)
+        yield {"key": key, "ids": [r["id"] for r in rs], "image": img, "gt": gt, "pred": pred, "spacing": sp}
