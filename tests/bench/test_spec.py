@@ -1,0 +1,95 @@
+"""Benchmark definitions: fold rotation, disjointness, the shipped YAML files, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mrgen.bench import spec as S
+
+REPO = Path(__file__).resolve().parents[2]
+BRATS = [f"brats_2013_pat000{i}_1" for i in range(1, 7)]
+
+
+def test_rotation_tests_every_subject_once_and_keeps_roles_disjoint():
+    folds = S.make_folds({"rotate": {"subjects": BRATS, "test": 2, "source": 2, "target": 2}})
+    assert len(folds) == 3
+    assert S.rotation_covers(folds) == {s: 1 for s in BRATS}
+    for f in folds:
+        assert len(f.source) == len(f.target) == len(f.test) == 2
+        assert not (set(f.source) & set(f.target) or set(f.source) & set(f.test) or set(f.target) & set(f.test))
+    assert sorted(s for f in folds for s in f.source) == sorted(BRATS)  # each subject is source once
+    assert sorted(s for f in folds for s in f.target) == sorted(BRATS)  # ... and unannotated target once
+
+
+def test_rotation_with_engine_subjects_and_only():
+    subj = [str(i) for i in range(20)]
+    folds = S.make_folds({"rotate": {"subjects": subj, "test": 5, "source": 5, "target": 10, "engine_source": "target"}},
+                         same_series=True)
+    assert len(folds) == 4 and S.rotation_covers(folds) == {s: 1 for s in subj}
+    assert all(f.engine_source == f.target and not set(f.engine_source) & set(f.source) for f in folds)
+    only = S.make_folds({"rotate": {"subjects": BRATS, "test": 2, "source": 2, "target": 2}, "only": [1]})
+    assert [f.index for f in only] == [1]
+
+
+def test_overlaps_are_rejected_unless_z_ranges_split_the_volume():
+    with pytest.raises(S.BenchError, match="both target and test"):
+        S.make_folds({"list": [{"source": ["a"], "target": ["b"], "test": ["b"]}]})
+    with pytest.raises(S.BenchError, match="both source and test"):  # in-domain: the source series is the test series
+        S.make_folds({"list": [{"source": ["a"], "target": ["b"], "test": ["a"]}]}, same_series=True)
+    with pytest.raises(S.BenchError, match="both target and test"):
+        S.make_folds({"list": [{"source": ["a"], "target": ["b"], "test": ["b"], "target_z": [0, 0.6], "test_z": [0.5, 1]}]})
+    ok = S.make_folds({"list": [{"source": ["a"], "target": ["a"], "test": ["a"], "target_z": [0, 0.5], "test_z": [0.5, 1]}]})
+    assert ok[0].target_z == (0, 0.5)
+
+
+def test_zfilter_splits_a_volume():
+    from mrgen.bench import zfilter
+
+    rows = [{"kind": "slice", "dataset": "d", "subject": "s", "modality": "T1", "slice": z} for z in range(10)]
+    lo, hi = zfilter(rows, (0.0, 0.5)), zfilter(rows, (0.5, 1.0))
+    assert [r["slice"] for r in lo] == [0, 1, 2, 3, 4] and [r["slice"] for r in hi] == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_benchmarks_load_and_resolve(path, tmp_path):
+    from mrgen.bench.methods import ENGINE_METHODS
+
+    spec = S.load(path, [f"data_root={tmp_path}"])
+    assert spec.folds and spec.methods
+    man = S.write_manifest(spec, tmp_path)
+    assert str(tmp_path) in man.read_text()  # dataset roots below the data root
+    base = S.bench_config(spec, tmp_path / "wd")
+    assert base.curate.manifest.endswith("manifest.yaml")
+    covers = S.rotation_covers(spec.folds)
+    assert set(covers.values()) == {1} or any(f.test_z for f in spec.folds)
+    if any(m in ENGINE_METHODS for m in spec.methods):
+        f = spec.folds[0]
+        eng = S.engine_config(spec, base, tmp_path / "eng", f)
+        assert eng.data == base.data and list(eng.run.test_subjects) == list(f.test)
+        assert eng.run.source_modality == base.run.source_modality
+        nt = S.engine_config(spec, base, tmp_path / "eng", f, ["controller.target_fraction=0"])
+        assert nt.controller.target_fraction == 0.0
+
+
+def test_brats_benchmarks_groups_and_direction():
+    a = S.load(REPO / "benchmarks" / "brats_flair_to_t1c.yaml", ["data_root=/"])
+    b = S.load(REPO / "benchmarks" / "brats_t1c_to_flair.yaml", ["data_root=/"])
+    assert a.groups == {"edema": [2], "tumour core": [1, 3, 4], "whole tumour": [1, 2, 3, 4]} == b.groups
+    ra, rb = a.tree["config"]["run"], b.tree["config"]["run"]
+    assert (ra["source_modality"], ra["target_modality"]) == (rb["target_modality"], rb["source_modality"])
+    assert set(a.methods) >= {"source_only", "oracle", "intensity_aug", "domain_randomisation", "histogram_match",
+                              "cyclegan", "mrgen", "mrgen_nofilter", "mrgen_notarget"}
+
+
+def test_overrides_and_errors(tmp_path):
+    path = REPO / "benchmarks" / "spinalcord_t2_to_t1.yaml"
+    spec = S.load(path, [f"data_root={tmp_path}", "config.segment.train.steps=7", "methods.cyclegan={steps: 3}"])
+    assert S.bench_config(spec, tmp_path).segment.train.steps == 7 and spec.methods["cyclegan"] == {"steps": 3}
+    with pytest.raises(S.BenchError, match="unknown method"):
+        S.load(path, [f"data_root={tmp_path}", "methods.pix2pix={}"])
+    with pytest.raises(S.BenchError, match="unknown key"):
+        S.load(path, [f"data_root={tmp_path}", "folds_=1"])
+    with pytest.raises(S.BenchError, match="data folder not found"):
+        S.load(path, [f"data_root={tmp_path / 'nope'}"])
