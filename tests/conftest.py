@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from mrgen.config import load_config
 
 TINY_LABELS = {1: "liver", 2: "spleen"}
 TINY_CONTRAST = {"T1": (-0.6, 0.5, 0.1), "T2": (-0.8, -0.2, 0.7)}  # background, liver, spleen
@@ -90,3 +93,41 @@ def tiny_config():
         return load_config("tiny", overrides=[f"run.workdir={workdir}", *overrides])
 
     return make
+
+
+# ---- tiny nets (channels (8, 8), 16-px / 16³ images, norm groups 4), shared by tests/nets and tests/diffusion
+
+
+def tiny_cfg(spatial_dims: int = 2, *overrides: str):
+    return load_config("tiny", overrides=[f"data.spatial_dims={spatial_dims}", *overrides])
+
+
+def randomize(module: torch.nn.Module, seed: int, std: float = 0.05, skip: tuple = ()) -> torch.nn.Module:
+    """Add seeded noise to every parameter (MONAI zero-inits output convs, making eps == 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            if not k.startswith(skip):
+                p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def spatial_dims(request):
+    return request.param
+
+
+@pytest.fixture
+def make_cfg():
+    return tiny_cfg
+
+
+@pytest.fixture
+def rand():
+    return randomize
+
+
+@pytest.fixture
+def tiny_index_builder():
+    """The :func:`build_tiny_index` function itself, for tests that need several fresh indexes."""
+    return build_tiny_index

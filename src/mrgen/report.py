@@ -30,12 +30,12 @@ def dice_chart(summary: dict, path: Path) -> Path:
     import numpy as np
 
     methods = list(summary)
-    labels = sorted({lab for m in summary.values() for lab in m.get("per_label", {})})
+    labels = sorted({lab for m in summary.values() for lab in m.get("dice", {})})
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(1, len(labels) + 1) * len(methods) / 2, 3.2))
     width = 0.8 / max(1, len(methods))
     xs = np.arange(len(labels) + 1)
     for i, m in enumerate(methods):
-        vals = [summary[m].get("per_label", {}).get(lab, {}).get("dice", 0.0) for lab in labels] + [summary[m].get("mean_dice", 0.0)]
+        vals = [summary[m].get("dice", {}).get(lab) or 0.0 for lab in labels] + [summary[m].get("mean_dice") or 0.0]
         ax.bar(xs + i * width, vals, width, label=m)
     ax.set_xticks(xs + width * (len(methods) - 1) / 2, labels + ["mean"], rotation=20, fontsize=8)
     ax.set_ylabel("3D Dice (target test)")
@@ -48,10 +48,14 @@ def dice_chart(summary: dict, path: Path) -> Path:
     return path
 
 
+def _fmt(x, nd: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
 def write_report(cfg: C.Config, summary: dict) -> Path:
     wd = cfg.workdir
     chart = dice_chart(summary, wd / "eval" / "dice.png")
-    labels = sorted({lab for m in summary.values() for lab in m.get("per_label", {})})
+    labels = sorted({lab for m in summary.values() for lab in m.get("dice", {})})
     lines = [
         f"# mrgen report — {cfg.run.source_modality} masks → {cfg.run.target_modality}",
         "",
@@ -63,9 +67,8 @@ def write_report(cfg: C.Config, summary: dict) -> Path:
         "|---|---|" + "---|" * len(labels) + "---|",
     ]
     for m, s in summary.items():
-        per = s.get("per_label", {})
-        cells = [f"{per.get(lab, {}).get('dice', float('nan')):.3f}" for lab in labels]
-        lines.append(f"| {m} | {s.get('mean_dice', float('nan')):.3f} | " + " | ".join(cells) + f" | {s.get('mean_hd95', float('nan')):.2f} |")
+        cells = [_fmt(s.get("dice", {}).get(lab)) for lab in labels]
+        lines.append(f"| {m} | {_fmt(s.get('mean_dice'))} | " + " | ".join(cells) + f" | {_fmt(s.get('mean_hd95'), 2)} |")
     if {"source_only", "oracle", "engine"} <= set(summary):
         g = gap_closed(summary["engine"]["mean_dice"], summary["source_only"]["mean_dice"], summary["oracle"]["mean_dice"])
         if not math.isnan(g):
@@ -78,7 +81,7 @@ def write_report(cfg: C.Config, summary: dict) -> Path:
         if (wd / rel).exists():
             lines += [f"## {title}", "", f"![{title}]({rel})", ""]
     for m in summary:
-        for fig in sorted((wd / "eval" / m).glob("*.png")):
+        for fig in sorted((wd / "eval" / m).glob("**/*.png")):
             lines += [f"## {m}: {fig.stem}", "", f"![{m} {fig.stem}]({os.path.relpath(fig, wd)})", ""]
     path = wd / "report.md"
     C.atomic_write_text(path, "\n".join(lines))

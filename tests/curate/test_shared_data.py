@@ -98,7 +98,7 @@ def test_spinalcord_example(tmp_path):
     summary = (cfg.workdir / "curated" / "curate.json").read_text()
     assert '"spinalcord/spinalcord/T2": "PSR"' in summary  # stored P-S-R on disk, reoriented
     rows = Index(cfg.workdir).query(modality="T2", organ="spinal cord")
-    assert len(rows) == 55 and rows[0]["region"] == "" and rows[0]["prompt"].endswith("; spinal cord")
+    assert len(rows) == 55 and rows[0]["region"] == "neck" and rows[0]["prompt"].endswith("; neck and cervical spine; spinal cord")
 
 
 @pytest.mark.slow

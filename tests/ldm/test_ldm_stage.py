@@ -122,10 +122,9 @@ def test_ldm_two_processes(tiny_index, tiny_config):
     assert (tiny_index / "ldm" / "model.safetensors").exists() and (tiny_index / "ldm" / LATENTS).exists()
 
 
-def test_ldm_resume_matches_uninterrupted(tmp_path, tiny_config):
+def test_ldm_resume_matches_uninterrupted(tmp_path, tiny_config, tiny_index_builder):
     """Stage level: stop after 2 steps (checkpoint), rerun to 4 == 4 steps in one go (same losses)."""
-    from conftest import build_tiny_index
-
+    build_tiny_index = tiny_index_builder
     runs = {}
     for name, schedule in (("once", [4]), ("resumed", [2, 4])):
         wd = tmp_path / name

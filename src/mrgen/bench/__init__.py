@@ -155,9 +155,6 @@ def run_one(spec: S.Spec, base: C.Config, index, fold: S.Fold, method: str, labe
         if seg.exists() and seg_info.get("stamp") not in (None, train_stamp):
             shutil.rmtree(seg)  # trained on other pairs/settings; its resume state would be wrong
         log(f"[bold]fold {fold.index} · {method}[/]: training the segmenter on {len(images)} pairs")
-        import torch
-
-        torch.manual_seed(cfg.segment.train.seed)  # the network is built before train.fit seeds: same init for every method
         with Meter() as m:
             train_segmenter(images, masks, n_classes(cfg), cfg, seg, method)
         seg_info = {"stamp": train_stamp, "compute": m.result()}

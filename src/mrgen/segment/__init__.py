@@ -54,6 +54,7 @@ def train_segmenter(images: list, masks: list, n_classes: int, cfg, out_dir: str
     if int(y.max()) >= n_classes or int(y.min()) < 0:
         raise ValueError(f"mask values span [{int(y.min())}, {int(y.max())}] but n_classes={n_classes}")
     s = cfg.segment
+    torch.manual_seed(s.train.seed)  # the net is built before train.fit seeds: same init for the same config
     model = Segmenter(sd, n_classes, s.channels, s.strides, s.num_res_units, s.dropout)
     if any(d % model.multiple for d in x.shape[2:]):
         x, _ = pad_to(x, model.multiple)
