@@ -30,7 +30,7 @@ def dice_chart(summary: dict, path: Path) -> Path:
     import numpy as np
 
     methods = list(summary)
-    labels = sorted({lab for m in summary.values() for lab in m.get("dice", {})})
+    labels = _labels(summary)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(1, len(labels) + 1) * len(methods) / 2, 3.2))
     width = 0.8 / max(1, len(methods))
     xs = np.arange(len(labels) + 1)
@@ -48,6 +48,14 @@ def dice_chart(summary: dict, path: Path) -> Path:
     return path
 
 
+def _labels(summary: dict) -> list:
+    """Label names in label-value order (the order evaluate reports them in)."""
+    out: list = []
+    for m in summary.values():
+        out += [lab for lab in m.get("dice", {}) if lab not in out]
+    return out
+
+
 def _fmt(x, nd: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -55,7 +63,7 @@ def _fmt(x, nd: int = 3) -> str:
 def write_report(cfg: C.Config, summary: dict) -> Path:
     wd = cfg.workdir
     chart = dice_chart(summary, wd / "eval" / "dice.png")
-    labels = sorted({lab for m in summary.values() for lab in m.get("dice", {})})
+    labels = _labels(summary)
     lines = [
         f"# mrgen report — {cfg.run.source_modality} masks → {cfg.run.target_modality}",
         "",
