@@ -103,9 +103,10 @@ def test_stage_exports_kept_candidates_with_provenance(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is None, reason="nnunetv2 not installed")
-def test_nnunet_verify_dataset_integrity(tmp_path):
+@pytest.mark.parametrize("fmt", ["png", "nifti"])
+def test_nnunet_verify_dataset_integrity(tmp_path, fmt):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     folder = tmp_path / "Dataset009_Tiny"
-    export_pairs(pairs2d(n=2), folder, {1: "liver", 2: "spleen"}, "T2", "png")
+    export_pairs(pairs2d(n=2), folder, {1: "liver", 2: "spleen"}, "T2", fmt)
     verify_dataset_integrity(str(folder), num_processes=1)
