@@ -66,13 +66,12 @@ def build_autoencoder(cfg) -> AutoencoderKL:
     )
 
 
-def build_unet(cfg, context_dim: int) -> DiffusionModelUNet:
-    """Text-conditioned diffusion UNet on latents: ``eps = unet(x (N,C,h,w[,d]), t (N,), context (N,L,context_dim))``."""
+def _encoder_kwargs(cfg, context_dim: int) -> dict:
+    """Architecture shared by the UNet and the controller (the controller copies the UNet's encoder)."""
     l = cfg.ldm
-    unet = DiffusionModelUNet(
+    return dict(
         spatial_dims=cfg.data.spatial_dims,
         in_channels=cfg.autoencoder.latent_channels,
-        out_channels=cfg.autoencoder.latent_channels,
         num_res_blocks=l.num_res_blocks,
         channels=tuple(l.channels),
         attention_levels=tuple(l.attention_levels),
@@ -82,6 +81,11 @@ def build_unet(cfg, context_dim: int) -> DiffusionModelUNet:
         cross_attention_dim=int(context_dim),
         **_ATTN_OPTS,
     )
+
+
+def build_unet(cfg, context_dim: int) -> DiffusionModelUNet:
+    """Text-conditioned diffusion UNet on latents: ``eps = unet(x (N,C,h,w[,d]), t (N,), context (N,L,context_dim))``."""
+    unet = DiffusionModelUNet(out_channels=cfg.autoencoder.latent_channels, **_encoder_kwargs(cfg, context_dim))
     unet.context_dim = int(context_dim)  # read back by build_controller
     return unet
 
@@ -162,20 +166,10 @@ def build_controller(cfg, unet: DiffusionModelUNet, n_labels: int, copy_weights:
     ties to the autoencoder factor, so ``H / h`` matches. With ``copy_weights`` the encoder is
     initialised from ``unet`` (:func:`copy_unet_to_controller`); zero convs are verified zero.
     """
-    l = cfg.ldm
     ctrl = ControlNet(
-        spatial_dims=cfg.data.spatial_dims,
-        in_channels=cfg.autoencoder.latent_channels,
-        num_res_blocks=l.num_res_blocks,
-        channels=tuple(l.channels),
-        attention_levels=tuple(l.attention_levels),
-        norm_num_groups=l.norm_num_groups,
-        num_head_channels=l.num_head_channels,
-        with_conditioning=True,
-        cross_attention_dim=_context_dim_of(unet),
+        **_encoder_kwargs(cfg, _context_dim_of(unet)),
         conditioning_embedding_in_channels=mask_channels(cfg, n_labels),
         conditioning_embedding_num_channels=tuple(cfg.controller.conditioning_channels),
-        **_ATTN_OPTS,
     )
     ensure_zero_convs(ctrl)
     if copy_weights:
