@@ -37,12 +37,15 @@ def latent_factor(cfg) -> int:
 
 
 def latent_shape(cfg, n: int) -> tuple[int, ...]:
-    """Latent noise shape ``(n, latent_channels, h, w[, d])`` for the configured image size."""
+    """Latent noise shape for the configured size: ``(n, C, h, w)`` in 2D, ``(n, C, z, h, w)`` in 3D.
+
+    3D follows the curated volume layout ``(Z, H, W)`` (depth first), as the stages feed it.
+    """
     f = latent_factor(cfg)
     if cfg.data.spatial_dims == 2:
         spatial = (cfg.data.image_size // f,) * 2
     else:
-        spatial = (cfg.data.image_size // f, cfg.data.image_size // f, cfg.data.depth // f)
+        spatial = (cfg.data.depth // f, cfg.data.image_size // f, cfg.data.image_size // f)
     return (n, cfg.autoencoder.latent_channels, *spatial)
 
 
