@@ -34,3 +34,13 @@ def test_bad_override_is_one_clear_error(tmp_path):
     res = runner.invoke(app, ["curate", "-p", "tiny", "-w", str(tmp_path), "curate.bogus=1"])
     assert res.exit_code == 2
     assert "unknown config key 'curate.bogus'" in res.output
+
+
+def test_stage_rerun_uses_the_runs_saved_config(tmp_path):
+    res = runner.invoke(app, ["curate", "-p", "tiny", "-w", str(tmp_path), "--dry-run"])
+    assert "preset: tiny" in res.output
+    (tmp_path / "config.yaml").write_text("preset: tiny\nsample:\n  candidates: 11\n")
+    res = runner.invoke(app, ["synthesize", "-w", str(tmp_path), "--dry-run"])  # no preset given
+    assert res.exit_code == 0 and "preset: tiny" in res.output and "candidates: 11" in res.output
+    res = runner.invoke(app, ["synthesize", "-w", str(tmp_path), "-p", "cpu", "--dry-run"])  # explicit wins
+    assert "preset: cpu" in res.output and "candidates: 11" not in res.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -47,18 +48,26 @@ segment_app = typer.Typer(no_args_is_help=True, help="Train a segmenter on a dat
 export_app = typer.Typer(no_args_is_help=True, help="Export filtered synthetic pairs (nnU-Net v2 raw dataset).")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate a segmenter (3D Dice, HD95) or the autoencoder (PSNR/SSIM).")
 
-PresetOpt = typer.Option("cpu", "--preset", "-p", help="Preset: tiny (tests), cpu (2-core runs), paper (512², GPU).")
+PresetOpt = typer.Option(None, "--preset", "-p", help=(
+    "Preset: tiny (tests), cpu (2-core runs), paper (512², GPU). Default: the run folder's saved config.yaml "
+    "when it has one (so a stage reruns with its run's settings), else cpu."))
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (may name its own preset).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Run folder (same as run.workdir=...).")
 DryOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
 OverArg = typer.Argument(None, help="Overrides like ldm.train.steps=200 sample.guidance=7", show_default=False)
 
 
-def _cfg(preset: str, config: Optional[str], workdir: Optional[str], overrides: Optional[List[str]], dry: bool) -> C.Config:
+def _cfg(preset: Optional[str], config: Optional[str], workdir: Optional[str], overrides: Optional[List[str]],
+         dry: bool) -> C.Config:
     ov = list(overrides or [])
     if workdir:
         ov.append(f"run.workdir={workdir}")
-    cfg = C.load_config(preset, config, ov)
+    if preset is None and config is None:
+        wd = C.parse_overrides(ov).get("run", {}).get("workdir") or C.RunCfg().workdir
+        saved = Path(wd) / "config.yaml"
+        if saved.exists():  # rerunning one stage of an existing run: use that run's resolved config
+            config = str(saved)
+    cfg = C.load_config(preset or "cpu", config, ov)
     if dry:
         typer.echo(C.dump(cfg))
         raise typer.Exit(0)
@@ -163,8 +172,6 @@ def query(
 
     Example: `mrgen query -w runs/brats modality=T1c organ=edema split=test`
     """
-    from pathlib import Path
-
     from mrgen.curate.index import Index
 
     kw = {}
