@@ -107,7 +107,12 @@ class LdmCfg:
 
 @dataclass
 class ControllerCfg:
+    # controlnet: MRGen/Duo-Diffusion mask controller on the frozen LDM (latent space);
+    # concat: Med-DDPM, a pixel-space DDPM UNet whose input is the noisy image + the encoded mask
+    mode: str = "controlnet"
     mask_encoding: str = "merged"  # merged (one intensity per organ) | onehot
+    pixel_channels: tuple = (16, 32, 64)  # concat mode: the pixel-space UNet's channels per level
+    pixel_attention: tuple = (False, False, True)  # concat mode: cross-attention (text) per level
     conditioning_channels: tuple = (16, 32, 96)  # learnable mask downsampling module
     target_fraction: float = 0.5  # share of unannotated target slices (empty mask) per batch
     conditioning_scale: float = 1.0
@@ -115,7 +120,26 @@ class ControllerCfg:
 
 
 @dataclass
+class LabelGenCfg:
+    """Duo-Diffusion step 1: a latent diffusion model of label maps (``mrgen labelgen``)."""
+
+    enabled: bool = False  # `mrgen run` trains it and generates `count` label maps when true
+    encoding: str = "onehot"  # onehot (K+1 channels) | bits (ceil(log2(K+1)) channels in {-1, 1})
+    count: int = 8  # label maps to generate
+    guidance: float = 3.0
+    ddim_steps: int = 50
+    seed: int = 0
+    ae_channels: tuple = (16, 32)
+    latent_channels: int = 4
+    unet_channels: tuple = (32, 64)
+    unet_attention: tuple = (False, True)
+    ae_train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=800, lr=2e-3, batch_size=4))
+    ldm_train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=5e-4, batch_size=4, ema_decay=0.999))
+
+
+@dataclass
 class SampleCfg:
+    masks: tuple = ("source",)  # label maps to render: source (annotated source masks) | generated | morphed
     ddim_steps: int = 50
     guidance: float = 7.0
     eta: float = 0.0
@@ -178,6 +202,7 @@ class MorphCfg:
     inputs: str = ""  # glob of label NIfTI files; empty = the run's phantom masks (<workdir>/phantom/masks/*.nii.gz)
     variants: int = 1  # random draws per input
     seed: int = 0
+    apply_to: str = "source"  # in `mrgen run` (sample.masks has 'morphed'): morph the source masks | generated labels
 
 
 @dataclass
@@ -209,6 +234,7 @@ class Config:
     autoencoder: AutoencoderCfg = field(default_factory=AutoencoderCfg)
     ldm: LdmCfg = field(default_factory=LdmCfg)
     controller: ControllerCfg = field(default_factory=ControllerCfg)
+    labelgen: LabelGenCfg = field(default_factory=LabelGenCfg)
     sample: SampleCfg = field(default_factory=SampleCfg)
     filter: FilterCfg = field(default_factory=FilterCfg)
     export: ExportCfg = field(default_factory=ExportCfg)
@@ -328,6 +354,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"phantom.layout must be 'abdomen' or 'brain', got '{cfg.phantom.layout}'")
     if cfg.controller.mask_encoding not in ("merged", "onehot"):
         raise ConfigError(f"controller.mask_encoding must be 'merged' or 'onehot', got '{cfg.controller.mask_encoding}'")
+    if cfg.controller.mode not in ("controlnet", "concat"):
+        raise ConfigError(f"controller.mode must be 'controlnet' (mask controller on the LDM) or 'concat' (Med-DDPM), got '{cfg.controller.mode}'")
+    if cfg.labelgen.encoding not in ("onehot", "bits"):
+        raise ConfigError(f"labelgen.encoding must be 'onehot' or 'bits', got '{cfg.labelgen.encoding}'")
+    bad = sorted(set(cfg.sample.masks) - {"source", "generated", "morphed"})
+    if bad or not cfg.sample.masks:
+        raise ConfigError(f"sample.masks lists {bad or 'nothing'}; use any of source, generated, morphed (e.g. sample.masks=[source, generated])")
+    if "generated" in cfg.sample.masks and not cfg.labelgen.enabled:
+        raise ConfigError("sample.masks includes 'generated' but labelgen.enabled is false; set labelgen.enabled=true")
+    if "morphed" in cfg.sample.masks and not cfg.morph.recipe:
+        raise ConfigError("sample.masks includes 'morphed' but morph.recipe is empty; give a recipe, e.g. morph.recipe=examples/morph/ventriculomegaly.yaml")
     if cfg.export.format not in ("png", "nifti"):
         raise ConfigError(f"export.format must be 'png' or 'nifti', got '{cfg.export.format}'")
     factor = 2 ** (len(cfg.autoencoder.channels) - 1)
