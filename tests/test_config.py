@@ -43,7 +43,7 @@ def test_bad_overrides_say_what_is_wrong(bad, msg):
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(C.ConfigError, match="tiny, cpu, paper"):
+    with pytest.raises(C.ConfigError, match="tiny, cpu, cpu3d, paper"):
         C.load_config("huge")
 
 

@@ -19,7 +19,7 @@ from mrgen import config as C
 
 console = Console(stderr=True)
 
-ORDER = ["phantom", "curate", "query", "train", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo", "bench"]
+ORDER = ["phantom", "curate", "query", "train", "labelgen", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo", "bench"]
 
 
 class DataFlowGroup(TyperGroup):
@@ -38,7 +38,7 @@ app = typer.Typer(
     help=(
         "mrgen: a controllable data engine for MRI segmentation on modalities nobody annotated.\n\n"
         "Stages in data-flow order: **phantom** → **curate** → **train autoencoder** → **train ldm** → "
-        "**train controller** → **synthesize** → **filter** → **export nnunet** → **segment** → **evaluate**; "
+        "**train controller** → (**labelgen**) → **synthesize** → **filter** → **export nnunet** → **segment** → **evaluate**; "
         "**run** chains them, **demo** runs them on the built-in phantom; **morph** edits label maps.\n\n"
         "Every stage: `mrgen STAGE [--preset tiny|cpu|paper] [--config FILE] [section.key=value ...] [--dry-run]`."
     ),
@@ -129,6 +129,10 @@ _stage("controller", "mrgen.controller", parent=train_app, doc=(
     "Train the mask controller (ControlNet copied from the UNet encoder) on source masks + target images with an empty mask.\n\n"
     "Example: `mrgen train controller -w runs/demo controller.mask_encoding=onehot`"))
 app.add_typer(train_app, name="train")
+_stage("labelgen", "mrgen.labelgen", doc=(
+    "Train a latent diffusion model of label maps (one-hot or bit channels) on the source masks and generate new ones "
+    "(Duo-Diffusion step 1); render them with `sample.masks=[generated]`.\n\n"
+    "Example: `mrgen labelgen -w runs/demo3d labelgen.count=16 labelgen.encoding=bits`"))
 _stage("synthesize", "mrgen.sample", doc=(
     "Render N target-modality candidates per source mask (DDIM + classifier-free guidance), with provenance.\n\n"
     "Example: `mrgen synthesize -w runs/demo sample.candidates=20 sample.shard=0/4`"))
@@ -153,7 +157,7 @@ _stage("autoencoder", "mrgen.autoencoder", fn="evaluate", parent=evaluate_app, d
 app.add_typer(evaluate_app, name="evaluate")
 _stage("morph", "mrgen.morph", doc=(
     "Edit label maps from a YAML recipe (dilate/erode/scale/remove/grow/remap, in mm, under constraints).\n\n"
-    "Example: `mrgen morph morph.recipe=examples/morph/ventriculomegaly.yaml morph.inputs='labels/*.nii.gz'`"))
+    "Example: `mrgen morph morph.recipe=ventriculomegaly morph.inputs='labels/*.nii.gz'`"))
 _stage("run", "mrgen.pipeline", doc=(
     "Run the whole chain, skipping stages whose outputs are current, and write a report.\n\n"
     "Example: `mrgen run --config examples/brats_flair_to_t1c.yaml`"))

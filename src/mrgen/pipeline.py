@@ -52,22 +52,36 @@ def _manifest_hash(cfg: C.Config) -> str:
 
 
 def _stages(cfg: C.Config) -> list[Stage]:
-    from mrgen import autoencoder, controller, curate, export, filter, ldm, phantom, sample
+    from mrgen import autoencoder, controller, curate, export, filter, labelgen, ldm, phantom, sample
+    from mrgen.morph import masks as morph_masks
 
     stages = []
+    # controller.mode=concat (Med-DDPM, pixel space) needs no autoencoder/LDM; the controller stage then
+    # stamps the shared sections the LDM stamp would have carried
+    concat = ("text", "diffusion", "ldm.num_res_blocks", "ldm.num_head_channels", "ldm.norm_num_groups",
+              "ldm.prompt_dropout") if cfg.controller.mode == "concat" else ()
     if not cfg.curate.manifest:
         stages.append(Stage("phantom", ("phantom",), "phantom/manifest.yaml", phantom.run))
     stages += [
         Stage("curate", ("curate", "data"), "curated/index.parquet", curate.run),
         Stage("autoencoder", ("autoencoder", "data.spatial_dims", "data.image_size", "data.depth"), "autoencoder/model.safetensors", autoencoder.run, "autoencoder"),
         Stage("ldm", ("ldm", "text", "diffusion", "run.source_modality", "run.target_modality", "run.disjoint_subjects"), "ldm/model.safetensors", ldm.run, "ldm"),
-        Stage("controller", ("controller", "run.source_modality", "run.target_modality", "run.disjoint_subjects"), "controller/model.safetensors", controller.run, "controller"),
+        Stage("controller", ("controller", "run.source_modality", "run.target_modality", "run.disjoint_subjects") + concat, "controller/model.safetensors", controller.run, "controller"),
+    ]
+    if cfg.labelgen.enabled:  # Duo-Diffusion step 1: new label maps
+        stages.append(Stage("labelgen", ("labelgen", "text", "diffusion", "data", "run.source_modality", "run.source_subjects"),
+                            "labelgen/stats.json", labelgen.run, "labelgen"))
+    if "morphed" in cfg.sample.masks:  # pathology: the recipe applied to source or generated maps
+        stages.append(Stage("morph", ("morph",), "morph/preview.png", morph_masks.run, "morph"))
+    stages += [
         Stage("synthesize", ("sample",), "synth/provenance.jsonl", sample.run, "synth"),
         Stage("filter", ("filter",), "filter/kept.json", filter.run, "filter"),
         Stage("export", ("export",), "nnunet/.done", _export, "nnunet"),
         Stage("segment", ("segment", "run.baselines"), "segment/.done", _segmenters, "segment"),
         Stage("evaluate", ("evaluate",), "eval/summary.json", _evaluate, "eval"),
     ]
+    if concat:
+        stages = [s for s in stages if s.name not in ("autoencoder", "ldm")]
     return stages
 
 
@@ -82,10 +96,13 @@ def _export(cfg: C.Config) -> dict:
 # ----------------------------------------------------------------------------- segmenters
 
 
-def _real_pairs(cfg: C.Config, rows: list[dict]) -> tuple[list, list]:
+def _real_pairs(cfg: C.Config, rows: list[dict], keep_context: bool = False) -> tuple[list, list]:
+    """Curated (image, mask) pairs of ``rows``; context labels -> background unless ``keep_context``."""
     from mrgen.curate.dataset import load_image, load_mask, resize_volume
+    from mrgen.curate.labels import context_values, strip_context
 
     root = cfg.workdir / "curated"
+    drop = set() if keep_context else context_values(root)
     images, masks = [], []
     for r in rows:
         img, m = load_image(root, r)[0], load_mask(root, r)
@@ -93,13 +110,17 @@ def _real_pairs(cfg: C.Config, rows: list[dict]) -> tuple[list, list]:
             shape = (cfg.data.depth, cfg.data.image_size, cfg.data.image_size)
             img, m = resize_volume(img, shape, order=1), resize_volume(m, shape, order=0)
         images.append(np.asarray(img, np.float32))
-        masks.append(np.asarray(m, np.int64))
+        masks.append(np.asarray(strip_context(m, drop), np.int64))
     return images, masks
 
 
-def _kept_pairs(cfg: C.Config) -> tuple[list, list]:
+def _kept_pairs(cfg: C.Config, kinds: tuple | None = None) -> tuple[list, list]:
+    """The kept synthetic pairs (of the mask ``kinds``, default all: source / generated / morphed); the
+    masks' context labels (generator conditioning only) -> background."""
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.sample import load_candidates
 
+    drop = context_values(cfg.workdir / "curated")
     kept = io.read_json(cfg.workdir / "filter" / "kept.json")
     images, masks = [], []
     cache: dict = {}
@@ -108,8 +129,10 @@ def _kept_pairs(cfg: C.Config) -> tuple[list, list]:
         if f not in cache:
             cache = {f: load_candidates(f)}
         c = cache[f]
+        if kinds is not None and c["meta"][0].get("mask_kind", "source") not in kinds:
+            continue
         images.append(c["images"][item["candidate"]])
-        masks.append(c["mask"])
+        masks.append(strip_context(c["mask"], drop))
     return images, masks
 
 
@@ -123,8 +146,10 @@ def _kept_items(kept) -> list[dict]:
 
 
 def n_classes(cfg: C.Config) -> int:
-    labels = io.read_json(cfg.workdir / "curated" / "labels.json")
-    return 1 + max(int(v) for d in labels.values() for v in d)
+    """Segmenter classes: background + the segmentation labels (context labels excluded)."""
+    from mrgen.curate.labels import n_classes as _n
+
+    return _n(cfg.workdir / "curated")
 
 
 def _segmenters(cfg: C.Config) -> dict:
@@ -141,6 +166,8 @@ def _segmenters(cfg: C.Config) -> dict:
         annotated = [r for r in roles.target if r["has_mask"]]
         if annotated:
             sets["oracle"] = _real_pairs(cfg, annotated)
+    if "oracle_plus_engine" in cfg.run.baselines and "oracle" in sets:  # FOSCU: real + synthetic
+        sets["oracle_plus_engine"] = (sets["oracle"][0] + sets["engine"][0], sets["oracle"][1] + sets["engine"][1])
     out = {}
     for name, (images, masks) in sets.items():
         if not images:
@@ -156,20 +183,23 @@ def _segmenters(cfg: C.Config) -> dict:
 
 def _evaluate(cfg: C.Config) -> dict:
     from mrgen.curate.index import Index
+    from mrgen.curate.labels import target_names
     from mrgen.evaluate import evaluate_segmenter
     from mrgen.roles import assign
 
     roles = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg)
-    labels = io.read_json(cfg.workdir / "curated" / "labels.json")
-    names = {int(v): n for d in labels.values() for v, n in d.items()}
+    names = target_names(cfg.workdir / "curated")  # segmentation labels only (no context labels)
     summary = {}
     for folder in sorted((cfg.workdir / "segment").iterdir()):
         if (folder / "model.safetensors").exists():
             summary[folder.name] = evaluate_segmenter(folder, roles.test, cfg.workdir / "curated", cfg.workdir / "eval" / folder.name, names)
     io.write_json(cfg.workdir / "eval" / "summary.json", summary)
+    from mrgen.evaluate import image_quality
     from mrgen.report import write_report
 
-    write_report(cfg, summary)
+    iq = image_quality(cfg)  # FD / KID of kept synthetic vs real target images (axial slices in 3D)
+    io.write_json(cfg.workdir / "eval" / "image_quality.json", iq)
+    write_report(cfg, summary, iq)
     return {k: v.get("mean_dice") for k, v in summary.items()}
 
 

@@ -10,7 +10,10 @@ from mrgen import config as C
 from mrgen import io
 
 FIGURES = [
+    ("Generated label maps (labelgen; orthogonal views in 3D)", "labelgen/labels.png"),
+    ("Morphed label maps (before / after / changed)", "morph/preview.png"),
     ("Synthetic candidates (source masks → target prompt)", "synth/samples.png"),
+    ("3D: label volumes and rendered volumes, orthogonal views", "synth/ortho.png"),
     ("Autofilter: kept vs rejected candidates", "filter/kept_vs_rejected.png"),
     ("Phantom (built-in data)", "phantom/preview.png"),
 ]
@@ -60,7 +63,7 @@ def _fmt(x, nd: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def write_report(cfg: C.Config, summary: dict) -> Path:
+def write_report(cfg: C.Config, summary: dict, quality: dict | None = None) -> Path:
     wd = cfg.workdir
     chart = dice_chart(summary, wd / "eval" / "dice.png")
     labels = _labels(summary)
@@ -84,6 +87,14 @@ def write_report(cfg: C.Config, summary: dict) -> Path:
     lines += ["", "`engine`: synthetic target images rendered from source masks and kept by the autofilter; "
               "`source_only`: real source-modality images; `oracle`: real annotated target images (the ceiling; "
               "never used by the engine).", ""]
+    if "oracle_plus_engine" in summary and "oracle" in summary:
+        d = summary["oracle_plus_engine"]["mean_dice"] - summary["oracle"]["mean_dice"]
+        lines += [f"Real + synthetic (`oracle_plus_engine`, FOSCU's setting) vs real only: **{d:+.3f}** mean Dice.", ""]
+    fd = {k: v for k, v in (quality or {}).items() if k.startswith(("FD-", "KID-"))}
+    if fd:
+        lines += ["Image quality of the kept synthetic images vs real target images ("
+                  f"{quality.get('synthetic_images')} vs {quality.get('real_images')} images; 3D: axial slices): "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in fd.items()) + ".", ""]
     lines += [f"![Dice per label]({os.path.relpath(chart, wd)})", ""]
     for title, rel in FIGURES:
         if (wd / rel).exists():

@@ -8,7 +8,7 @@ from morph_helpers import BRAIN, CEREB, STEM, VENT, WM
 
 from mrgen.morph import OPS, MorphError, RandomEdit, apply_recipe, load_recipe, n_components, parse_recipe
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "morph"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "mrgen" / "data" / "morph"
 
 
 def test_random_edit_reproducible_from_recorded_params(brain):
@@ -137,3 +137,9 @@ def test_recipe_file_errors(tmp_path, brain):
     lab, sp = brain
     with pytest.raises(MorphError, match=r"edit 1 \(dilate\): label 9 is absent"):
         apply_recipe(lab, sp, {"edits": [{"op": "dilate", "label": 9, "mm": 1}]}, np.random.default_rng(0))
+
+
+def test_shipped_recipe_by_name_and_clear_error():
+    assert load_recipe("ventriculomegaly").name == "ventriculomegaly"
+    with pytest.raises(MorphError, match="hypoplasia, tumour_growth, ventriculomegaly"):
+        load_recipe("no_such_recipe")

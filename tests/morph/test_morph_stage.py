@@ -11,7 +11,7 @@ from mrgen.config import load_config
 from mrgen.io import read_image, write_nifti
 from mrgen.morph import OPS, apply_recipe, run
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "morph"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "mrgen" / "data" / "morph"
 
 
 def _cfg(tmp_path, *extra):

@@ -47,14 +47,17 @@ def label_names(cfg: Config) -> list[str]:
 
 
 def n_labels(cfg: Config) -> int:
-    """Largest label value over every dataset of the index (``labels.json``)."""
+    """Largest label value the curated masks may hold (``labels.json`` plus the context labels of
+    ``context.json``): the generator is conditioned on context labels too."""
+    from mrgen.curate.labels import context_values
+
     path = curated_root(cfg) / "labels.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `mrgen curate` first")
     values = [int(v) for d in json.loads(path.read_text()).values() for v in d]
     if not values:
         raise ValueError(f"{path} lists no labels; the manifest needs a labels: mapping for the annotated series")
-    return max(values)
+    return max(values + sorted(context_values(curated_root(cfg))))
 
 
 def data_hash(rows: list[dict], cfg: Config, *extra: str) -> str:

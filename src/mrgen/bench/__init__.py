@@ -80,12 +80,15 @@ def load_pairs_file(path: Path) -> tuple[list, list]:
         return list(z["images"].astype(np.float32)), list(z["masks"].astype(np.int64))
 
 
-def _check_pairs(method: str, images: list, masks: list) -> None:
+def _check_pairs(method: str, images: list, masks: list, context: set = frozenset()) -> None:
     if not images or len(images) != len(masks):
         raise ValueError(f"{method}: produced {len(images)} images and {len(masks)} masks; need the same, non-zero count")
     for im, m in zip(images, masks):
         if im.shape != m.shape or not np.all(np.isfinite(im)):
             raise ValueError(f"{method}: an image {im.shape} does not match its mask {m.shape} or holds NaN/Inf")
+    if context and any(np.isin(m, sorted(context)).any() for m in masks):
+        raise ValueError(f"{method}: its masks hold context label(s) {sorted(context)}, which condition the generator "
+                         f"only; map them to 0 (mrgen.curate.labels.strip_context) before training a segmenter")
 
 
 def _fold_cfg(base: C.Config, fold: S.Fold) -> C.Config:
@@ -115,6 +118,7 @@ def cached_result(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, label
 def run_one(spec: S.Spec, base: C.Config, index, fold: S.Fold, method: str, labels: dict, log=_log) -> dict:
     """One (fold, method): pairs -> segmenter -> evaluation, each step cached by its stamp."""
     from mrgen.bench import evaluate as E
+    from mrgen.curate.labels import context_values
     from mrgen.pipeline import n_classes
     from mrgen.segment import train_segmenter
 
@@ -138,7 +142,7 @@ def run_one(spec: S.Spec, base: C.Config, index, fold: S.Fold, method: str, labe
         log(f"[bold]fold {fold.index} · {method}[/]: making training pairs")
         with Meter() as m:
             images, masks = METHODS[method](ctx)
-        _check_pairs(method, images, masks)
+        _check_pairs(method, images, masks, context_values(base.workdir / "curated"))
         _save_pairs(folder / "pairs.npz", images, masks)
         own = m.result()
         engine_parts = {k: v for k, v in ctx.compute.items() if k.startswith("engine") and v}
@@ -199,6 +203,7 @@ def run(bench_yaml: str | Path, workdir: str | Path | None = None, overrides: li
     from mrgen import curate
     from mrgen.bench import report
     from mrgen.curate.index import Index
+    from mrgen.curate.labels import target_names
 
     spec = S.load(bench_yaml, overrides)
     wd = Path(workdir) if workdir else Path("runs") / "bench" / spec.name
@@ -213,8 +218,7 @@ def run(bench_yaml: str | Path, workdir: str | Path | None = None, overrides: li
         curate.run(base)
     curate_compute = m.result()
     index = Index(wd / "curated" / "index.parquet")
-    names_json = io.read_json(wd / "curated" / "labels.json")
-    labels = {int(v): n for d in names_json.values() for v, n in d.items()}
+    labels = target_names(wd / "curated")  # segmentation labels only: context labels are never reported
     chosen = select_methods(spec, methods)
     results = []
     for fold in spec.folds:

@@ -151,6 +151,7 @@ def random_candidates(cfg: C.Config, keep: int, rng: np.random.Generator) -> tup
 
 
 def engine_pairs(ctx, variant: str) -> tuple[list, list]:
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.pipeline import _kept_pairs
 
     bad = set(ctx.params) - {"budget_cpu_min"}
@@ -162,7 +163,8 @@ def engine_pairs(ctx, variant: str) -> tuple[list, list]:
     else:
         images, masks = _kept_pairs(cfgs["synth"])
     images = [np.asarray(i, np.float32) for i in images]
-    masks = [np.asarray(m, np.int64) for m in masks]
+    drop = context_values(ctx.root)  # the engine renders with context labels; the segmenter never sees them
+    masks = [np.asarray(strip_context(m, drop), np.int64) for m in masks]
     if not images:
         raise ValueError(f"{variant}: the engine kept no synthetic pairs (see {cfgs['synth'].workdir}/filter); relax filter.* thresholds")
     return images, masks

@@ -15,6 +15,10 @@ methods differ only in their training pairs:
 * ``mrgen`` / ``mrgen_nofilter`` / ``mrgen_notarget`` — the engine (see :mod:`mrgen.bench.engine`).
 
 Images are float32 in [-1, 1] (2D ``(H, W)`` or 3D ``(Z, H, W)`` as the curated data), masks int64.
+Masks never hold context labels (conditioning-only, e.g. BraTS ``5: brain``): they are background
+for every segmenter. ``domain_randomisation`` alone draws its images from the label maps *with*
+the context labels (one more intensity class, like SynthSeg's whole-brain label maps;
+``context: false`` turns that off) and then returns the masks without them.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ class Ctx:
     def rng(self, salt: str = "") -> np.random.Generator:
         return np.random.default_rng([int(self.seed), int(getattr(self.fold, "index", 0)), zlib.crc32(salt.encode())])
 
-    def source_pairs(self) -> tuple[list, list]:
-        return load_pairs(self.cfg, self.roles.source)
+    def source_pairs(self, keep_context: bool = False) -> tuple[list, list]:
+        return load_pairs(self.cfg, self.roles.source, keep_context)
 
     def oracle_rows(self) -> list:
         return [r for r in self.roles.target if r["has_mask"]]
@@ -72,10 +76,11 @@ def load_images(cfg: Config, rows: list) -> list:
     return out
 
 
-def load_pairs(cfg: Config, rows: list) -> tuple[list, list]:
+def load_pairs(cfg: Config, rows: list, keep_context: bool = False) -> tuple[list, list]:
+    """Curated pairs of ``rows``; context labels -> background unless ``keep_context``."""
     from mrgen.pipeline import _real_pairs
 
-    return _real_pairs(cfg, rows)
+    return _real_pairs(cfg, rows, keep_context)
 
 
 def volume_groups(rows: list) -> list[list[int]]:
@@ -131,17 +136,20 @@ def intensity_aug(ctx: Ctx) -> tuple[list, list]:
 def domain_randomisation(ctx: Ctx) -> tuple[list, list]:
     from mrgen.bench.randomise import RANDOMISE_DEFAULTS, synthesize_from_labels
 
-    p = _params(ctx, {"copies": 4, **RANDOMISE_DEFAULTS}, "domain_randomisation")
-    copies = int(p.pop("copies"))
+    from mrgen.curate.labels import context_values, strip_context
+
+    p = _params(ctx, {"copies": 4, "context": True, **RANDOMISE_DEFAULTS}, "domain_randomisation")
+    copies, use_context = int(p.pop("copies")), bool(p.pop("context"))
     rng = ctx.rng("domain_randomisation")
-    images, masks = ctx.source_pairs()
+    images, masks = ctx.source_pairs(keep_context=use_context)  # context labels: generation classes only
+    drop = context_values(ctx.root)
     use_image = int(p["background_classes"]) > 0
     out_i, out_m = [], []
     for img, m in zip(images, masks):
         for _ in range(copies):
             x, y = synthesize_from_labels(m, rng, image=img if use_image else None, **p)
             out_i.append(x)
-            out_m.append(y)
+            out_m.append(strip_context(y, drop))
     return out_i, out_m
 
 

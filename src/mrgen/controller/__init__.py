@@ -11,6 +11,10 @@ UNet and text encoder stay frozen. Each batch mixes (``controller.target_fractio
 
 Prompts are dropped to the empty prompt with probability ``ldm.prompt_dropout``. Loss: ε-MSE.
 :func:`load_generator` bundles the trained parts for ``mrgen synthesize``.
+
+``controller.mode=concat`` trains the Med-DDPM renderer instead (pixel space, mask concatenated
+to the UNet input, no autoencoder/LDM): :mod:`mrgen.controller.concat`, same batch mix, same
+:class:`Generator` interface.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ STAGE = "controller"
 def stage_config(cfg: Config) -> dict:
     from mrgen.ldm import stage_config as ldm_config
 
+    if cfg.controller.mode == "concat":
+        from mrgen.controller import concat
+
+        return concat.stage_config(cfg)
+
     run = {k: getattr(cfg.run, k) for k in ("source_modality", "target_modality", "source_datasets", "target_datasets",
                                              "disjoint_subjects", "seed")}
     return {**ldm_config(cfg), "controller": to_dict(cfg.controller), "run": run}
@@ -40,6 +49,10 @@ def render_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def run(cfg: Config) -> dict:
+    if cfg.controller.mode == "concat":
+        from mrgen.controller import concat
+
+        return concat.run(cfg)
     from mrgen import train
     from mrgen.autoencoder import load_autoencoder
     from mrgen.ldm import Conditioner, cached_latents, diffusion_loss, load_ldm
@@ -100,7 +113,7 @@ def run(cfg: Config) -> dict:
         train.save_grid(path, [render_mask(masks, labels), src_items.images(torch.tensor(shown)), imgs])
 
     meta = {"config": stage_config(cfg), "data_hash": data_hash(src + tgt, cfg, ldm_meta.get("sha256", "")),
-            "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "scale_factor": scale,
+            "mode": "controlnet", "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "scale_factor": scale,
             "ldm_sha256": ldm_meta.get("sha256", ""), "autoencoder_sha256": ae_meta.get("sha256", ""),
             "source_items": len(src), "target_items": len(tgt), "target_fraction": frac}
     modules = {"controller": ctrl, "unet": unet, "autoencoder": ae}
@@ -111,11 +124,18 @@ def run(cfg: Config) -> dict:
 
 
 class Generator:
-    """Frozen autoencoder + UNet + controller + text encoder; :meth:`generate` renders masks."""
+    """Frozen autoencoder + UNet + controller + text encoder; :meth:`generate` renders masks.
+
+    Concat mode (Med-DDPM): ``autoencoder`` and ``controller`` are None and ``unet`` is the pixel UNet
+    (:func:`mrgen.nets.build_pixel_unet`); sampling runs in pixel space and nothing is decoded.
+    """
 
     def __init__(self, cfg: Config, autoencoder, unet, controller, text, scale_factor: float, n_labels: int, hashes: dict):
         self.cfg, self.autoencoder, self.unet, self.controller, self.text = cfg, autoencoder, unet, controller, text
         self.scale_factor, self.n_labels, self.hashes = float(scale_factor), int(n_labels), dict(hashes)
+        from mrgen.nets import is_concat
+
+        self.mode = "concat" if is_concat(unet) else "controlnet"
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +146,8 @@ class Generator:
                  steps: int = 50, cond_scale: float = 1.0, eta: float = 0.0) -> torch.Tensor:
         """Label maps ``(N, *S)`` (``S`` = the item shape, e.g. ``(H, W)``) + prompts + seeds ->
         images ``(N, 1, *S)`` float32 in [-1, 1] on the CPU. Sample ``i`` depends only on its own
-        mask, prompt and seed (DDIM, classifier-free guidance with the empty prompt)."""
+        mask, prompt and seed (DDIM, classifier-free guidance with the empty prompt). ``cond_scale``
+        scales the ControlNet residuals; the concat renderer has none and ignores it."""
         from mrgen.diffusion import decode, make_ddim, sample
         from mrgen.nets import encode_mask, latent_factor
 
@@ -140,6 +161,10 @@ class Generator:
         cond = encode_mask(masks.long(), self.cfg.controller.mask_encoding, self.n_labels).to(dev)
         ctx = self.text.encode(list(prompts), device=dev).float()
         unc = self.text.encode([EMPTY_PROMPT], device=dev).float()
+        if self.mode == "concat":  # pixel space: the mask is part of the UNet input, nothing to decode
+            img = sample(self.unet, make_ddim(self.cfg.diffusion, steps), ctx, unc, (n, 1, *spatial), list(seeds), guidance,
+                         cond=cond, eta=eta)
+            return img.float().clamp(-1, 1).cpu()
         f = latent_factor(self.cfg)
         shape = (n, self.cfg.autoencoder.latent_channels, *[s // f for s in spatial])
         lat = sample(self.unet, make_ddim(self.cfg.diffusion, steps), ctx, unc, shape, list(seeds), guidance,
@@ -148,7 +173,11 @@ class Generator:
 
 
 def load_generator(workdir, cfg: Config) -> Generator:
-    """The trained chain from ``workdir`` (raises when a stage is missing or its config differs)."""
+    """The trained chain from ``workdir`` (raises when a stage is missing or its config differs).
+
+    Dispatches on the mode saved in ``controller/model.json`` (absent = ``controlnet``): ``concat``
+    loads only the pixel UNet (+ a learned text encoder), ``controlnet`` autoencoder + LDM + controller.
+    """
     from mrgen.autoencoder import load_autoencoder
     from mrgen.ldm import load_ldm
     from mrgen.nets import build_controller, load_model, read_meta
@@ -156,13 +185,21 @@ def load_generator(workdir, cfg: Config) -> Generator:
     device = cfg.run.device
     folder = Path(workdir) / STAGE
     cmeta = read_meta(folder)
+    mode = cmeta.get("mode", "controlnet")
+    if mode != cfg.controller.mode:
+        raise ValueError(f"{folder} holds a controller.mode={mode} renderer, config says {cfg.controller.mode}; "
+                         f"set controller.mode={mode} (or retrain the controller stage)")
+    if cmeta.get("mask_encoding", cfg.controller.mask_encoding) != cfg.controller.mask_encoding:
+        raise ValueError(f"controller was trained with mask_encoding={cmeta['mask_encoding']}, config says "
+                         f"{cfg.controller.mask_encoding}; set controller.mask_encoding={cmeta['mask_encoding']}")
+    if mode == "concat":
+        from mrgen.controller import concat
+
+        return concat.load(workdir, cfg, cmeta)
     ae, ae_meta = load_autoencoder(workdir, cfg, device)
     unet, text, ldm_meta = load_ldm(workdir, cfg, device)
     if cmeta.get("ldm_sha256") and cmeta["ldm_sha256"] != ldm_meta.get("sha256"):
         raise ValueError(f"{folder} was trained on another LDM than {Path(workdir) / 'ldm'}; retrain the controller")
-    if cmeta.get("mask_encoding", cfg.controller.mask_encoding) != cfg.controller.mask_encoding:
-        raise ValueError(f"controller was trained with mask_encoding={cmeta['mask_encoding']}, config says "
-                         f"{cfg.controller.mask_encoding}; set controller.mask_encoding={cmeta['mask_encoding']}")
     labels = int(cmeta["n_labels"])
     ctrl = build_controller(cfg, unet, labels, copy_weights=False)
     load_model(folder, ctrl, kind=STAGE)

@@ -6,6 +6,10 @@ rerun skip it. Index rows are a pure function of these records plus the manifest
 rerun on unchanged inputs rewrites nothing. Volumes that replace existing arrays are
 written to ``curated/.staging`` and moved into place only when the new index is written,
 so a failing run never damages what the old index points to.
+
+Context labels (manifest ``context:``) are merged into the stored masks of annotated volumes
+(see :mod:`mrgen.curate.volume`); they are listed in ``curated/context.json``, never in
+``labels.json``, nor in a row's ``labels``/``organs``/prompt (see :mod:`mrgen.curate.labels`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from mrgen import io, prompts
 from mrgen.config import Config
 from mrgen.curate.index import replace_if_changed, write_index
 from mrgen.curate.manifest import CurateError, DatasetSpec, VolumeSpec, load_manifest, volumes
-from mrgen.curate.volume import array_paths, process, source_hash
+from mrgen.curate.labels import CONTEXT_FILE, LABELS_FILE
+from mrgen.curate.volume import array_paths, context_hash, context_sources, process, source_hash
 
 SCHEMA = 1
 PROGRESS = ".progress.jsonl"
@@ -36,7 +41,10 @@ def manifest_path(cfg: Config) -> Path:
 
 def _settings(spec: VolumeSpec, size: int) -> dict:
     """Everything that changes the stored arrays (other settings only change index rows)."""
-    return {"schema": SCHEMA, "image_size": size, "normalize": spec.dataset.normalize, "has_mask": spec.mask is not None}
+    out = {"schema": SCHEMA, "image_size": size, "normalize": spec.dataset.normalize, "has_mask": spec.mask is not None}
+    if spec.context:  # the values context masks get (their files are hashed in context_hash)
+        out["context"] = [int(v) for v, _ in spec.context]
+    return out
 
 
 def _load_records(curated: Path) -> dict:
@@ -59,7 +67,8 @@ def _load_records(curated: Path) -> dict:
 
 
 def _current(rec: dict | None, spec: VolumeSpec, hashes: tuple, size: int, curated: Path) -> bool:
-    if not rec or (rec.get("source_hash"), rec.get("mask_hash")) != hashes or rec.get("settings") != _settings(spec, size):
+    if not rec or (rec.get("source_hash"), rec.get("mask_hash"), rec.get("context_hash", "")) != hashes \
+            or rec.get("settings") != _settings(spec, size):
         return False
     base = curated / STAGING if rec.get("staged") else curated
     return all((base / rel).exists() for rel in (rec.get("image"), rec.get("mask")) if rel) and bool(rec.get("image"))
@@ -93,7 +102,7 @@ def _hash(*parts) -> str:
 def rows_for(rec: dict, ds: DatasetSpec, split: str, min_px: int) -> list[dict]:
     """Index rows (one per slice + one for the volume) of one stored volume."""
     depth = int(rec["shape"][0])
-    counts = {int(k): v for k, v in rec.get("label_counts", {}).items()}
+    counts = {int(k): v for k, v in rec.get("label_counts", {}).items() if int(k) in ds.labels}
     regions = ds.regions_for(depth)
     modality = rec["modality"]
     base = {
@@ -104,7 +113,7 @@ def rows_for(rec: dict, ds: DatasetSpec, split: str, min_px: int) -> list[dict]:
     }
 
     def row(kind, rid, z, region, labels, shape, h):
-        organs = [ds.labels[v] for v in labels]
+        organs = [ds.labels[v] for v in labels]  # context labels are not organs: not listed, not in the prompt
         return {**base, "id": rid, "kind": kind, "region": region, "organs": organs, "labels": labels,
                 "prompt": prompts.build_prompt(modality, region or None, organs), "slice": z, "shape": shape, "hash": h}
 
@@ -130,11 +139,12 @@ def run(cfg: Config) -> dict:
     records: dict = {}
     todo: list = []
     for spec in specs:  # hash sources, decide what to (re)do
-        hashes = (source_hash(spec.image), source_hash(spec.mask))
+        hashes = (source_hash(spec.image), source_hash(spec.mask), context_hash(spec))
         rec = old.get(spec.key)
         if _current(rec, spec, hashes, size, curated):
             _recheck(rec, spec)
-            rec.update(source=os.path.abspath(spec.image), mask_source=os.path.abspath(spec.mask) if spec.mask else "")
+            rec.update(source=os.path.abspath(spec.image), mask_source=os.path.abspath(spec.mask) if spec.mask else "",
+                       context_source=context_sources(spec))
             records[spec.key] = rec
         else:
             todo.append((spec, hashes))
@@ -146,7 +156,7 @@ def _one(spec: VolumeSpec, hashes: tuple, curated: Path, size: int, tol: float) 
     img_rel, mask_rel = array_paths(spec)
     staged = (curated / img_rel).exists() or (curated / mask_rel).exists()
     rec = process(spec, size, tol, curated, staged)
-    rec.update(source_hash=hashes[0], mask_hash=hashes[1], settings=_settings(spec, size))
+    rec.update(source_hash=hashes[0], mask_hash=hashes[1], context_hash=hashes[2], settings=_settings(spec, size))
     return rec
 
 
@@ -204,6 +214,9 @@ def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, process
         rows.extend(vol_rows)
         s = summary.setdefault(spec.dataset.name, {"subjects": 0, "volumes": 0, "slices": 0, "modalities": [],
                                                    "test_subjects": sorted(test[spec.dataset.name]), "organs": {}})
+        for c in spec.dataset.context:  # slices holding each context label (not organs: no prompt, no segmenter)
+            n = sum(1 for px in rec.get("label_counts", {}).get(str(c.value), []) if px >= cc.min_label_pixels)
+            s.setdefault("context", {})[c.name] = s.get("context", {}).get(c.name, 0) + n
         s["volumes"] += 1
         s["slices"] += len(vol_rows) - 1
         if spec.modality not in s["modalities"]:
@@ -215,7 +228,9 @@ def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, process
         s["subjects"] = len(subjects[name])
     write_index(curated / "index.parquet", rows)
     labels = {ds.name: {str(v): n for v, n in ds.labels.items()} for ds in man.datasets}
-    _write_json(curated / "labels.json", labels)
+    _write_json(curated / LABELS_FILE, labels)  # segmentation labels only
+    context = {ds.name: {str(c.value): c.name for c in ds.context} for ds in man.datasets if ds.context}
+    _write_json(curated / CONTEXT_FILE, context)  # conditioning-only labels ({} when there are none)
     reoriented = {k: records[k]["orientation"] for k in sorted(records) if records[k].get("reoriented") and k in {s.key for s in specs}}
     _write_json(curated / "curate.json", {
         "schema": SCHEMA, "manifest": os.path.abspath(man.path), "manifest_hash": man.sha256,

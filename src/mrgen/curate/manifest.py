@@ -1,8 +1,9 @@
 """Read a curate manifest (see docs/curate.md) and list the volumes it names.
 
 Everything that can be checked without reading image data is checked here, before
-``curate`` writes anything: keys, modality names, regions, labels, glob patterns that
-match nothing, subject ids the regex cannot find, missing mask files, duplicates.
+``curate`` writes anything: keys, modality names, regions, labels, context labels, glob
+patterns that match nothing, subject ids the regex cannot find, missing mask or context
+mask files, duplicates.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class Series:
 
 
 @dataclass
+class Context:
+    """A conditioning-only label: ``value`` where the subject's ``masks`` file is non-zero and the labels are 0."""
+
+    value: int
+    name: str
+    masks: str  # path pattern with {subject} (or a glob matching one file), relative to the dataset root
+
+
+@dataclass
 class DatasetSpec:
     name: str
     root: Path
@@ -43,6 +53,7 @@ class DatasetSpec:
     series: list
     region: str = ""
     region_by_slice: list = field(default_factory=list)  # [(start, end, region)], fractions from the top
+    context: list = field(default_factory=list)  # [Context], in manifest order (the first wins where two overlap)
 
     def regions_for(self, depth: int) -> list[str]:
         """Region of each z index (canonical RAS: z=0 is the most inferior slice)."""
@@ -67,6 +78,7 @@ class VolumeSpec:
     modality: str
     image: Path
     mask: Path | None
+    context: tuple = ()  # ((value, Path), ...) of the dataset's context masks; only for annotated volumes
 
     @property
     def key(self) -> str:
@@ -116,6 +128,43 @@ def _labels(raw, where: str) -> dict:
     return dict(sorted(out.items()))
 
 
+CONTEXT_HELP = "write context: {5: {name: brain, masks: '{subject}/brainmask.nii.gz'}}"
+
+
+def _context(raw, labels: dict, where: str) -> list:
+    if raw in (None, {}):
+        return []
+    if not isinstance(raw, dict):
+        raise CurateError(f"{where}: 'context' must be a mapping of value -> {{name, masks}}; {CONTEXT_HELP}")
+    out = []
+    for k, v in raw.items():
+        try:
+            value = int(k)
+        except (TypeError, ValueError):
+            raise CurateError(f"{where}: context key {k!r} is not an integer label value; {CONTEXT_HELP}") from None
+        if not 1 <= value <= 255:
+            raise CurateError(f"{where}: context value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
+        if value in labels:
+            raise CurateError(
+                f"{where}: context value {value} ({v.get('name') if isinstance(v, dict) else v}) is also the label "
+                f"{value}: {labels[value]}; a context label needs a value of its own — use one above the labels, "
+                f"e.g. {max(labels) + 1}"
+            )
+        if not isinstance(v, dict):
+            raise CurateError(f"{where}: context {value} must be a mapping with 'name' and 'masks'; {CONTEXT_HELP}")
+        extra = set(v) - {"name", "masks"}
+        if extra:
+            raise CurateError(f"{where}: context {value} has unknown key(s) {sorted(extra)}; valid: name, masks")
+        name, masks = v.get("name"), v.get("masks")
+        if not isinstance(name, str) or not name.strip():
+            raise CurateError(f"{where}: context {value} needs a name (e.g. name: brain)")
+        if not isinstance(masks, str) or not masks.strip():
+            raise CurateError(f"{where}: context {value} ({name}) needs 'masks': a path pattern with {{subject}}, "
+                              f"e.g. '{{subject}}/brainmask.nii.gz'")
+        out.append(Context(value, name.strip(), masks.strip()))
+    return out
+
+
 def _region(name, where: str) -> str:
     if name in (None, ""):
         return ""
@@ -131,7 +180,7 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     where = f"{mpath}: datasets[{i}]"
     if not isinstance(raw, dict):
         raise CurateError(f"{where} must be a mapping with name, root, subject_pattern, series")
-    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "series"}
+    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "context", "series"}
     extra = set(raw) - known
     if extra:
         raise CurateError(f"{where}: unknown key(s) {sorted(extra)}; valid keys: {', '.join(sorted(known))}")
@@ -186,7 +235,13 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         if masks and not labels:
             raise CurateError(f"{where}: series {modality} has masks but the dataset declares no 'labels'; add e.g. labels: {{1: liver}}")
         series.append(Series(modality, str(s["images"]), masks))
-    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules)
+    context = _context(raw.get("context"), labels, where)
+    if context and not any(s.masks for s in series):
+        raise CurateError(
+            f"{where}: 'context' is given but no series has 'masks'; context labels are merged into the masks of "
+            f"annotated series only — add 'masks' to a series or drop 'context'"
+        )
+    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context)
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -207,6 +262,15 @@ def load_manifest(path: str | Path) -> Manifest:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CurateError(f"{path}: dataset name(s) {dup} used twice; names must be unique")
+    for ds in datasets:  # segmenters map context values to background in every dataset: no value may be both
+        for c in ds.context:
+            other = next((o for o in datasets if c.value in o.labels), None)
+            if other is not None:
+                raise CurateError(
+                    f"{path}: context value {c.value} ({c.name}) of dataset '{ds.name}' is the label "
+                    f"{c.value}: {other.labels[c.value]} of dataset '{other.name}'; context values are background for "
+                    f"every segmenter, so give the context label a value no dataset uses as a label"
+                )
     return Manifest(path, hashlib.sha256(text.encode()).hexdigest()[:16], datasets)
 
 
@@ -252,7 +316,8 @@ def volumes(manifest: Manifest) -> list[VolumeSpec]:
                 by_subject[subj] = f
             for subj, f in sorted(by_subject.items()):
                 mask = _mask_path(ds, s, subj, f) if s.masks else None
-                out.append(VolumeSpec(ds, subj, s.modality, f, mask))
+                context = tuple((c.value, _context_path(ds, c, subj, f)) for c in ds.context) if mask else ()
+                out.append(VolumeSpec(ds, subj, s.modality, f, mask, context))
     return sorted(out, key=lambda v: v.key)
 
 
@@ -271,5 +336,24 @@ def _mask_path(ds: DatasetSpec, s: Series, subject: str, image: Path) -> Path:
         raise CurateError(
             f"{image}: its mask {path} does not exist (masks pattern '{s.masks}', subject '{subject}'); "
             f"fix the masks pattern or drop 'masks' for an unannotated series"
+        )
+    return path
+
+
+def _context_path(ds: DatasetSpec, c: Context, subject: str, image: Path) -> Path:
+    pattern = c.masks.replace("{subject}", subject)
+    if glob.has_magic(pattern):
+        hits = _glob(ds.root, pattern)
+        if len(hits) != 1:
+            raise CurateError(
+                f"{image}: context {c.value} ({c.name}) masks pattern '{pattern}' matches {len(hits)} files under "
+                f"{ds.root} for subject '{subject}'; it must match exactly one"
+            )
+        return hits[0]
+    path = Path(pattern) if os.path.isabs(pattern) else ds.root / pattern
+    if not path.exists():
+        raise CurateError(
+            f"{image}: its context mask {path} does not exist (context {c.value} ({c.name}), masks pattern '{c.masks}', "
+            f"subject '{subject}'); fix the context masks pattern, or drop 'context' from dataset '{ds.name}'"
         )
     return path

@@ -1,7 +1,9 @@
 """One volume: read, check, normalise, resample in-plane, store.
 
 Stored arrays are ``(Z, H, W)``: ``H`` is canonical RAS x, ``W`` is y, ``z`` untouched.
-Images are float16 in [-1, 1]; masks uint8.
+Images are float16 in [-1, 1]; masks uint8. A dataset's context labels (manifest ``context:``)
+are merged into the stored mask of an annotated volume: the label where the mask is non-zero,
+else the first context value whose context mask is non-zero there.
 """
 
 from __future__ import annotations
@@ -34,11 +36,56 @@ def source_hash(path: Path | None) -> str:
     return io.file_hash(path)
 
 
+def context_hash(spec: VolumeSpec) -> str:
+    """Content hash of the volume's context masks (and the values they get); "" without context."""
+    if not spec.context:
+        return ""
+    h = hashlib.sha256()
+    for value, path in spec.context:
+        h.update(f"{value}:{source_hash(path)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _read(path: Path, kind: str) -> io.Image:
     try:
         return io.read_image(path, kind=kind)
     except io.ImageError as exc:
         raise CurateError(str(exc)) from exc
+
+
+def _check_grid(path: Path, what: str, arr: io.Image, img: io.Image, spec: VolumeSpec, affine_tol: float) -> None:
+    if arr.array.shape != img.array.shape:
+        raise CurateError(
+            f"{path}: {what} shape {arr.array.shape} differs from image {spec.image} shape {img.array.shape} "
+            f"(both in canonical RAS); resample the {what} onto the image grid"
+        )
+    diff = float(np.abs(arr.affine - img.affine).max())
+    if diff > affine_tol:
+        raise CurateError(
+            f"{path}: {what} affine differs from image {spec.image} by {diff:.4g} mm (> curate.affine_tol={affine_tol}); "
+            f"the {what} is on another grid — resample it onto the image, or raise curate.affine_tol if the headers only disagree by rounding"
+        )
+
+
+def read_context(spec: VolumeSpec, img: io.Image, affine_tol: float) -> list[tuple[int, np.ndarray]]:
+    """``[(value, bool array)]`` of the volume's context masks (non-zero voxels), checked against the image grid."""
+    out = []
+    for value, path in spec.context:
+        ctx = _read(path, "mask")
+        _check_grid(path, "context mask", ctx, img, spec, affine_tol)
+        out.append((int(value), ctx.array != 0))
+    return out
+
+
+def composite(mask: np.ndarray, context: list) -> np.ndarray:
+    """The label where ``mask`` is non-zero, else the first context value whose mask covers the voxel."""
+    out = np.asarray(mask).copy()
+    free = out == 0
+    for value, where in context:
+        hit = free & where
+        out[hit] = value
+        free &= ~hit
+    return out
 
 
 def read_checked(spec: VolumeSpec, affine_tol: float) -> tuple[io.Image, io.Image | None]:
@@ -52,17 +99,7 @@ def read_checked(spec: VolumeSpec, affine_tol: float) -> tuple[io.Image, io.Imag
     if spec.mask is None:
         return img, None
     mask = _read(spec.mask, "mask")
-    if mask.array.shape != img.array.shape:
-        raise CurateError(
-            f"{spec.mask}: mask shape {mask.array.shape} differs from image {spec.image} shape {img.array.shape} "
-            f"(both in canonical RAS); resample the mask onto the image grid"
-        )
-    diff = float(np.abs(mask.affine - img.affine).max())
-    if diff > affine_tol:
-        raise CurateError(
-            f"{spec.mask}: mask affine differs from image {spec.image} by {diff:.4g} mm (> curate.affine_tol={affine_tol}); "
-            f"the mask is on another grid — resample it onto the image, or raise curate.affine_tol if the headers only disagree by rounding"
-        )
+    _check_grid(spec.mask, "mask", mask, img, spec, affine_tol)
     values = np.unique(mask.array)
     values = [int(v) for v in values if v != 0]
     if not values:
@@ -136,6 +173,7 @@ def resize_inplane(arr: np.ndarray, size: int, mask: bool) -> np.ndarray:
 def process(spec: VolumeSpec, size: int, affine_tol: float, curated: Path, staged: bool) -> dict:
     """Check, normalise, resample and store one volume; return its record for curate.json."""
     img, mask = read_checked(spec, affine_tol)
+    context = read_context(spec, img, affine_tol) if mask is not None else []
     img01 = normalise(img.array, spec.dataset.normalize)
     zxy = np.transpose(img01, (2, 0, 1))
     stored = resize_inplane(square_pad(zxy, img.spacing, 0.0), size, mask=False)
@@ -144,29 +182,37 @@ def process(spec: VolumeSpec, size: int, affine_tol: float, curated: Path, stage
     record = {
         "key": spec.key, "dataset": spec.dataset.name, "subject": spec.subject, "modality": spec.modality,
         "source": os.path.abspath(spec.image), "mask_source": os.path.abspath(spec.mask) if spec.mask else "",
-        "image": rel[0], "mask": rel[1] if mask is not None else "",
+        "context_source": context_sources(spec), "image": rel[0], "mask": rel[1] if mask is not None else "",
         "shape": list(stored.shape), "orig_shape": [int(s) for s in img.array.shape],
         "spacing": [float(s) for s in img.spacing], "affine": [float(v) for v in np.asarray(img.affine).ravel()],
         "orientation": img.orientation,
         "reoriented": bool(img.reoriented), "image_hash": io.array_hash(stored),
-        "mask_hash_stored": "", "mask_values": [], "label_counts": {}, "staged": staged,
+        "mask_hash_stored": "", "mask_values": [], "context_values": [], "label_counts": {}, "staged": staged,
     }
     # everything is checked and computed before the first byte of this volume is written
     if mask is not None:
-        m = np.transpose(mask.array, (2, 0, 1)).astype(np.float32)
+        merged = composite(mask.array, context)
+        m = np.transpose(merged, (2, 0, 1)).astype(np.float32)
         m = resize_inplane(square_pad(m, img.spacing, 0.0), size, mask=True)
         m = np.rint(m).astype(np.uint8)
         record["mask_hash_stored"] = io.array_hash(m)
-        record["mask_values"] = sorted(int(v) for v in np.unique(mask.array) if v != 0)
+        record["mask_values"] = sorted(int(v) for v in np.unique(mask.array) if v != 0)  # the labels, without context
+        present = {int(v) for v in np.unique(merged)}
+        record["context_values"] = [v for v, _ in context if v in present]
         flat = m.reshape(m.shape[0], -1)
         record["label_counts"] = {
-            str(v): [int(c) for c in (flat == v).sum(axis=1)] for v in record["mask_values"]
+            str(v): [int(c) for c in (flat == v).sum(axis=1)] for v in record["mask_values"] + record["context_values"]
         }
     base = curated / ".staging" if staged else curated
     io.save_npy(base / rel[0], stored)
     if mask is not None:
         io.save_npy(base / rel[1], m)
     return record
+
+
+def context_sources(spec: VolumeSpec) -> dict:
+    """``{value: absolute path}`` of the volume's context masks (provenance in curate.json)."""
+    return {str(v): os.path.abspath(p) for v, p in spec.context}
 
 
 def _safe(name: str) -> str:

@@ -1,4 +1,4 @@
-"""THE denoising loop (DDIM + classifier-free guidance + optional mask controller).
+"""THE denoising loop (DDIM + classifier-free guidance + optional mask condition).
 
 Written once; training previews, ``mrgen synthesize`` and the tests all call :func:`sample`.
 
@@ -17,6 +17,11 @@ uncond), as diffusers' ControlNet pipeline does. The mask is a structural constr
 of the text condition, so guidance only amplifies the *text* (modality) direction while both
 branches keep the layout; feeding no mask to the uncond half would make guidance also push
 along the mask direction, i.e. act like an extra, uncalibrated ``conditioning_scale``.
+
+Concat UNet (``controller.mode=concat``, Med-DDPM; :func:`mrgen.nets.build_pixel_unet`): the
+mask enters as extra input channels, so ``cond`` is given WITHOUT a controller, ``noise_shape``
+is the image shape ``(N, 1, *S)`` and the loop runs in pixel space; both CFG halves again get
+the same mask, for the same reason.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mrgen.nets.builders import controlled_eps
+from mrgen.nets.builders import controlled_eps, is_concat
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -74,21 +79,30 @@ def sample(
         context: text embeddings ``(N, L, dim)`` or ``(1, L, dim)`` (broadcast).
         uncond_context: embedding of ``EMPTY_PROMPT``, ``(1, L, dim)`` or ``(N, L, dim)``;
             may be None only when ``guidance == 1``.
-        noise_shape: full latent shape ``(N, C, h, w[, d])`` with ``N == len(seeds)``.
+        noise_shape: full latent shape ``(N, C, h, w[, d])`` with ``N == len(seeds)``
+            (for a concat UNet the image shape ``(N, 1, *S)``).
         seeds: one seed per sample.
         guidance: CFG weight w (1 = conditional only).
         controller, cond: optional ControlNet and encoded masks ``(N, M, H, W[, D])`` at pixel
-            resolution (``mrgen.nets.encode_mask``); ``cond_scale`` scales its residuals.
+            resolution (``mrgen.nets.encode_mask``); ``cond_scale`` scales its residuals. A concat
+            UNet needs ``cond`` and takes no controller (``cond_scale`` is ignored).
         eta: DDIM η (0 = deterministic).
     Returns:
-        latents ``(N, C, h, w[, d])`` float32 on the UNet's device.
+        latents ``(N, C, h, w[, d])`` (images for a concat UNet) float32 on the UNet's device.
     """
     noise_shape = tuple(int(s) for s in noise_shape)
     n = len(seeds)
     if len(noise_shape) not in (4, 5) or noise_shape[0] != n:
         raise ValueError(f"noise_shape must be (N, C, h, w[, d]) with N = len(seeds) = {n}, got {noise_shape}")
-    if (controller is None) != (cond is None):
-        raise ValueError("give both controller and cond, or neither")
+    if is_concat(unet):
+        if controller is not None or cond is None:
+            raise ValueError("a concat (Med-DDPM) UNet needs cond (the encoded masks) and no controller")
+        want = (int(getattr(unet, "cond_channels", cond.shape[1])), *noise_shape[2:])
+        if tuple(cond.shape[1:]) != want:
+            raise ValueError(f"concat UNet: cond must be (N, {want[0]}, *noise_shape[2:]) = {(n, *want)}, got {tuple(cond.shape)}")
+    elif (controller is None) != (cond is None):
+        raise ValueError("give both controller and cond, or neither (cond without a controller is only for a concat "
+                         "UNet, mrgen.nets.build_pixel_unet)")
     if cond is not None and cond.shape[0] != n:
         raise ValueError(f"cond has batch {cond.shape[0]}, expected {n}")
     w = float(guidance)

@@ -32,12 +32,16 @@ def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labe
 
     ``labels``: ``{value: name}`` (foreground). Returns the summary dict: ``name, volumes,
     mean_dice, mean_hd95, dice {name: mean}, hd95 {name: mean}, results`` (path of results.json).
+    Context labels of the curated run (``curated/context.json``) are not scored and are background
+    in the ground truth (:func:`mrgen.segment.load_rows`).
     """
+    from mrgen.curate.labels import context_values
     from mrgen.segment import load_segmenter, predict_rows
 
     out = Path(out_dir)
     model = load_segmenter(model_folder)
-    labels = {int(k): str(v) for k, v in labels.items() if int(k) != 0}
+    drop = context_values(index_root)
+    labels = {int(k): str(v) for k, v in labels.items() if int(k) != 0 and int(k) not in drop}
     rows = [r for r in rows if r.get("has_mask", True)]
     if not rows:
         raise ValueError("evaluate_segmenter: no test rows with masks")

@@ -21,16 +21,13 @@ __all__ = ["run", "export_pairs", "read_dataset", "dataset_folder", "label_map",
 
 
 def run_labels(workdir: str | Path) -> dict:
-    """``{value: name}`` over all datasets of ``curated/labels.json`` (names joined when datasets disagree)."""
-    labels = io.read_json(Path(workdir) / "curated" / "labels.json")
-    merged: dict = {}
-    for d in labels.values():
-        for v, n in d.items():
-            v = int(v)
-            if v == 0:
-                continue
-            merged[v] = n if v not in merged or merged[v] == n else f"{merged[v]}/{n}"
-    return merged
+    """``{value: name}`` over all datasets of ``curated/labels.json`` (names joined when datasets disagree).
+
+    Segmentation labels only: context labels (``curated/context.json``) are never listed.
+    """
+    from mrgen.curate.labels import target_names
+
+    return target_names(Path(workdir) / "curated")
 
 
 def kept_pairs(workdir: str | Path):
@@ -53,6 +50,8 @@ def kept_pairs(workdir: str | Path):
 
 
 def run(cfg) -> dict:
+    from mrgen.curate.labels import context_values
+
     wd = cfg.workdir
     fmt = "nifti" if cfg.data.spatial_dims == 3 else cfg.export.format
     out = dataset_folder(wd / "nnunet", cfg.export.dataset_id, cfg.export.name)
@@ -62,6 +61,7 @@ def run(cfg) -> dict:
         pairs.append((case, np.asarray(image, np.float32), np.asarray(mask)))
         prov.append({**meta, **{k: item[k] for k in ("key", "candidate", "mean_iou", "mean_conf", "relaxed") if k in item}})
     res = export_pairs(pairs, out, run_labels(wd), cfg.run.target_modality, fmt, provenance=prov,
+                       context=context_values(wd / "curated"),
                        description=f"mrgen synthetic {cfg.run.target_modality} from {cfg.run.source_modality} masks")
     if not pairs:
         res["warning"] = ("filter kept no candidates (every mask was dropped): the dataset is empty; lower the filter "

@@ -7,6 +7,8 @@ always for 3D): ``.nii.gz`` with the image kept as float32 in [-1, 1] (nnU-Net n
 images itself) and the label as uint8; 3D arrays in the curated ``(Z, X, Y)`` layout are
 written as ``(X, Y, Z)``. nnU-Net needs consecutive label values (0, 1, 2, …): non-consecutive
 source values are renumbered and ``dataset.json`` keeps the map in ``mrgen_label_values``.
+Context labels (conditioning-only, e.g. BraTS ``5: brain``; ``context=`` of :func:`export_pairs`)
+are written as background (0) and never listed in ``dataset.json``.
 """
 
 from __future__ import annotations
@@ -61,14 +63,21 @@ def _write(path_noext: Path, array: np.ndarray, fmt: str, is_label: bool, spacin
 
 
 def export_pairs(pairs: Iterable, out_dir: str | Path, labels: dict, modality: str, fmt: str = "png",
-                 spacing=None, provenance: Iterable | None = None, description: str = "") -> dict:
+                 spacing=None, provenance: Iterable | None = None, description: str = "",
+                 context: Iterable = ()) -> dict:
     """Write ``(case_id, image [-1, 1], mask)`` pairs as an nnU-Net v2 raw dataset in ``out_dir``.
 
     ``labels``: ``{value: name}`` of the foreground labels; ``modality``: channel 0's name;
     ``fmt``: ``png`` (2D only) or ``nifti``; ``provenance``: optional records (one per pair,
     same order) written to ``provenance.jsonl`` as ``{"case": case_id, **record}``.
+    ``context``: label values that condition the generator only (``curated/context.json``): written
+    as 0 and left out of ``dataset.json`` even when ``labels`` names them.
     Files of earlier exports that are not in ``pairs`` are removed. Returns a summary dict.
     """
+    from mrgen.curate.labels import strip_context
+
+    context = sorted({int(v) for v in context})
+    labels = {k: v for k, v in labels.items() if int(k) not in context}
     if fmt not in ENDINGS:
         raise ValueError(f"export format must be one of {', '.join(ENDINGS)}, got '{fmt}'")
     out = Path(out_dir)
@@ -80,7 +89,7 @@ def export_pairs(pairs: Iterable, out_dir: str | Path, labels: dict, modality: s
     prov = list(provenance) if provenance is not None else None
     cases, lines = [], []
     for i, (case, image, mask) in enumerate(pairs):
-        mask = np.asarray(mask).astype(np.int64)
+        mask = strip_context(np.asarray(mask).astype(np.int64), context)
         if np.asarray(image).shape != mask.shape:
             raise ValueError(f"case {case}: image shape {np.asarray(image).shape} != mask shape {mask.shape}")
         bad = np.setdiff1d(np.unique(mask), [0, *remap])

@@ -11,6 +11,12 @@ Reads ``<workdir>/synth/candidates/<key>.npz``; writes ``<workdir>/filter/``:
 * ``kept_vs_rejected.png`` — a few masks: kept and rejected candidates with mask contours.
 
 Selection is recomputed from the cached scores on every run, so changing thresholds is cheap.
+
+Context labels (conditioning-only, e.g. BraTS ``5: brain``) are scored like any organ by the
+``classical`` and ``sam2`` scorers: the brain outline is an alignment check of the rendered
+anatomy, under the same ``organ_iou``/``organ_conf`` thresholds, and it enters the means. The
+``segmenter`` scorer cannot score them (segmenters never learn context labels), so for it they
+are background (:func:`scored_mask`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ def scorer_id(cfg) -> str:
     return f"segmenter:{f.segmenter or 'oracle'}"
 
 
+def scored_mask(scorer, mask: np.ndarray, context: set) -> np.ndarray:
+    """The mask the scorer checks: context labels -> background for a segmenter scorer, kept otherwise."""
+    from mrgen.curate.labels import strip_context
+
+    return strip_context(mask, context) if getattr(scorer, "name", "") == "segmenter" else mask
+
+
 def score_candidates(scorer, images: np.ndarray, mask: np.ndarray, key: str, meta: list | None = None) -> list[dict]:
     """Score one mask's candidates ``images`` (N, ...) against ``mask``; one record per candidate."""
     meta = meta or [{} for _ in range(len(images))]
@@ -58,9 +71,11 @@ def score_candidates(scorer, images: np.ndarray, mask: np.ndarray, key: str, met
 def run(cfg) -> dict:
     from rich.progress import Progress
 
+    from mrgen.curate.labels import context_values
     from mrgen.sample import load_candidates
 
     wd = cfg.workdir
+    context = context_values(wd / "curated")
     files = sorted((wd / "synth" / "candidates").glob("*.npz"))
     if not files:
         raise FileNotFoundError(f"no candidates in {wd / 'synth' / 'candidates'}; run `mrgen synthesize -w {wd}` first")
@@ -82,7 +97,7 @@ def run(cfg) -> dict:
             else:
                 scorer = scorer or build_scorer(cfg)
                 c = load_candidates(f)
-                recs = score_candidates(scorer, c["images"], c["mask"], key, c.get("meta"))
+                recs = score_candidates(scorer, c["images"], scored_mask(scorer, c["mask"], context), key, c.get("meta"))
                 io.write_json(part, {"scorer": sid, "records": recs})
                 all_recs[key] = recs
             bar.advance(task)

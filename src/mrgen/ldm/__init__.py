@@ -128,14 +128,16 @@ def _shape(cfg: Config) -> tuple:
     return item_shape(cfg)
 
 
-def text_bank(cfg: Config, text, prompts: list[str]) -> torch.Tensor:
-    """``(P, L, dim)`` embeddings of ``prompts`` from a frozen encoder, cached in ``ldm/text_cache.safetensors``."""
+def text_bank(cfg: Config, text, prompts: list[str], folder: Path | None = None) -> torch.Tensor:
+    """``(P, L, dim)`` embeddings of ``prompts`` from a frozen encoder, cached in ``<folder>/text_cache.safetensors``
+    (default ``<workdir>/ldm``; the concat renderer, which has no LDM, uses ``<workdir>/controller``)."""
 
     def compute(missing):
         return {"emb": torch.cat([text.encode(missing[i : i + 64]).float().cpu() for i in range(0, len(missing), 64)])}
 
     tag = json.dumps(text.meta(), sort_keys=True)
-    return keyed_cache(cfg.workdir / STAGE / TEXT_CACHE, tag, list(prompts), compute, cfg.run.device)["emb"]
+    folder = Path(folder) if folder is not None else cfg.workdir / STAGE
+    return keyed_cache(folder / TEXT_CACHE, tag, list(prompts), compute, cfg.run.device)["emb"]
 
 
 def stage_config(cfg: Config) -> dict:
@@ -145,12 +147,13 @@ def stage_config(cfg: Config) -> dict:
 
 
 class Conditioner:
-    """Prompt -> context for training: a lookup into a frozen bank, or the learned encoder (differentiable)."""
+    """Prompt -> context for training: a lookup into a frozen bank, or the learned encoder (differentiable).
+    ``folder`` holds the frozen bank's cache (:func:`text_bank`; default ``<workdir>/ldm``)."""
 
-    def __init__(self, cfg: Config, text, prompts: list[str]):
+    def __init__(self, cfg: Config, text, prompts: list[str], folder: Path | None = None):
         self.text, self.prompts = text, list(dict.fromkeys([EMPTY_PROMPT, *sorted(set(prompts))]))
         self.pos = {p: i for i, p in enumerate(self.prompts)}
-        self.bank = None if text.trainable else text_bank(cfg, text, self.prompts)
+        self.bank = None if text.trainable else text_bank(cfg, text, self.prompts, folder)
 
     def ids(self, prompts: list[str], dropout: float) -> torch.Tensor:
         ids = torch.tensor([self.pos[p] for p in prompts], dtype=torch.long)

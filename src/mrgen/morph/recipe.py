@@ -149,8 +149,12 @@ def load_recipe(path) -> Recipe:
     if isinstance(path, dict):
         return parse_recipe(path)
     path = Path(path)
+    builtin = Path(__file__).resolve().parent.parent / "data" / "morph" / f"{path.name}.yaml"
+    if str(path) and not path.is_file() and path.suffix == "" and builtin.is_file():
+        path = builtin  # a shipped recipe by name: ventriculomegaly | hypoplasia | tumour_growth
     if not str(path) or not path.is_file():
-        raise MorphError(f"recipe file '{path}' not found; set morph.recipe to a YAML recipe (see examples/morph/)")
+        shipped = sorted(p.stem for p in builtin.parent.glob("*.yaml"))
+        raise MorphError(f"recipe file '{path}' not found; set morph.recipe to a YAML recipe or a shipped one: {', '.join(shipped)}")
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -114,7 +114,7 @@ def run(cfg) -> dict:
     if m.variants < 1:
         raise MorphError(f"morph.variants must be >= 1, got {m.variants}")
     if not m.recipe:
-        raise MorphError("morph.recipe is empty; give a YAML recipe, e.g. morph.recipe=examples/morph/ventriculomegaly.yaml")
+        raise MorphError("morph.recipe is empty; give a YAML recipe, e.g. morph.recipe=ventriculomegaly")
     recipe = load_recipe(m.recipe)
     rhash = recipe_hash(recipe)
     inputs = find_inputs(cfg)

@@ -1,4 +1,5 @@
-"""Network builders shared by every stage: autoencoder, diffusion UNet, mask controller.
+"""Network builders shared by every stage: autoencoder, diffusion UNet, mask controller, and the
+pixel-space concat UNet of ``controller.mode=concat`` (Med-DDPM).
 
 Every builder reads ``cfg.data.spatial_dims`` so 2D (slices) and 3D (volumes) share each line.
 Tensor shapes: images ``(N, 1, H, W[, D])``; latents ``(N, latent_channels, h, w[, d])`` with
@@ -93,6 +94,59 @@ def build_unet(cfg, context_dim: int) -> DiffusionModelUNet:
     return unet
 
 
+def pixel_factor(cfg) -> int:
+    """Downsampling factor of the concat (pixel-space) UNet: ``2 ** (len(controller.pixel_channels) - 1)``."""
+    return 2 ** (len(cfg.controller.pixel_channels) - 1)
+
+
+def is_concat(unet: nn.Module) -> bool:
+    """True for a :func:`build_pixel_unet` UNet (mask fed as extra input channels, no controller)."""
+    return bool(getattr(unet, "concat_cond", False))
+
+
+def build_pixel_unet(cfg, context_dim: int, n_labels: int) -> DiffusionModelUNet:
+    """Med-DDPM renderer (``controller.mode=concat``): a pixel-space, text-conditioned UNet whose input
+    is the noisy image concatenated with the encoded mask.
+
+    ``eps = unet(cat[x (N,1,*S), mask (N,M,*S)] (N,1+M,*S), t (N,), context (N,L,context_dim))`` ->
+    ``(N, 1, *S)``; ``M = mask_channels(cfg, n_labels)``. Levels/attention from ``controller.pixel_*``;
+    res blocks, norm groups and head channels from ``cfg.ldm`` (no LDM is trained in this mode).
+    Call it through :func:`controlled_eps` (which does the concatenation); ``unet.concat_cond`` marks it.
+    """
+    c = cfg.controller
+    if len(c.pixel_attention) != len(c.pixel_channels):
+        raise ValueError(f"controller.pixel_attention needs one entry per controller.pixel_channels level "
+                         f"({len(c.pixel_channels)}), got {list(c.pixel_attention)}")
+    f = pixel_factor(cfg)
+    sizes = {"data.image_size": cfg.data.image_size, **({"data.depth": cfg.data.depth} if cfg.data.spatial_dims == 3 else {})}
+    bad = {k: v for k, v in sizes.items() if v % f}
+    if bad:
+        raise ValueError(f"{bad} not divisible by the concat UNet's downsampling factor {f} "
+                         f"(len(controller.pixel_channels)-1 halvings); pick multiples of {f} or fewer levels")
+    l = cfg.ldm
+    if any(ch % l.norm_num_groups for ch in c.pixel_channels):
+        raise ValueError(f"controller.pixel_channels={list(c.pixel_channels)} must be multiples of ldm.norm_num_groups="
+                         f"{l.norm_num_groups} (the concat UNet's GroupNorm); change either")
+    m = mask_channels(cfg, n_labels)
+    unet = DiffusionModelUNet(
+        spatial_dims=cfg.data.spatial_dims,
+        in_channels=1 + m,
+        out_channels=1,
+        num_res_blocks=l.num_res_blocks,
+        channels=tuple(c.pixel_channels),
+        attention_levels=tuple(c.pixel_attention),
+        norm_num_groups=l.norm_num_groups,
+        num_head_channels=l.num_head_channels,
+        with_conditioning=True,
+        cross_attention_dim=int(context_dim),
+        **_ATTN_OPTS,
+    )
+    unet.context_dim = int(context_dim)
+    unet.concat_cond = True
+    unet.cond_channels = m
+    return unet
+
+
 def _context_dim_of(unet: nn.Module) -> int:
     if hasattr(unet, "context_dim"):
         return int(unet.context_dim)
@@ -169,6 +223,8 @@ def build_controller(cfg, unet: DiffusionModelUNet, n_labels: int, copy_weights:
     ties to the autoencoder factor, so ``H / h`` matches. With ``copy_weights`` the encoder is
     initialised from ``unet`` (:func:`copy_unet_to_controller`); zero convs are verified zero.
     """
+    if is_concat(unet):
+        raise ControllerInitError("a concat (Med-DDPM) UNet takes the mask as input channels; it has no controller")
     ctrl = ControlNet(
         **_encoder_kwargs(cfg, _context_dim_of(unet)),
         conditioning_embedding_in_channels=mask_channels(cfg, n_labels),
@@ -229,12 +285,20 @@ def controlled_eps(
     cond: torch.Tensor | None = None,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Noise prediction ``(N, C, h, w[, d])`` of ``unet`` with the controller's residuals added.
+    """Noise prediction ``(N, C, h, w[, d])`` of ``unet`` with the mask condition applied.
 
-    ``x`` latents ``(N, C, h, w[, d])``, ``t`` ``(N,)`` long, ``context`` ``(N, L, dim)``,
-    ``cond`` encoded mask ``(N, M, H, W[, D])`` at pixel resolution. ``controller=None`` or
-    ``cond=None`` gives the plain UNet prediction.
+    ``x`` latents ``(N, C, h, w[, d])`` (images ``(N, 1, *S)`` for a concat UNet), ``t`` ``(N,)``
+    long, ``context`` ``(N, L, dim)``, ``cond`` encoded mask ``(N, M, H, W[, D])`` at pixel resolution.
+    ControlNet: the controller's residuals (times ``scale``) are added; ``controller=None`` or
+    ``cond=None`` gives the plain UNet prediction. Concat UNet (:func:`build_pixel_unet`): the
+    input is ``cat([x, cond], 1)``; it needs ``cond``, takes no controller, and ignores ``scale``.
     """
+    if is_concat(unet):
+        if controller is not None or cond is None:
+            raise ValueError("a concat (Med-DDPM) UNet takes the encoded mask as input channels: give cond and no controller")
+        if cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
+            raise ValueError(f"concat UNet: cond {tuple(cond.shape)} must match x {tuple(x.shape)} in batch and spatial size")
+        return unet(x=torch.cat([x, cond.to(x.dtype)], 1), timesteps=t, context=context)
     if controller is None or cond is None:
         return unet(x=x, timesteps=t, context=context)
     down, mid = controller(x=x, timesteps=t, controlnet_cond=cond, conditioning_scale=float(scale), context=context)

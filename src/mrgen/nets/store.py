@@ -9,6 +9,7 @@ unpickles anything (no ``torch.load``).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -50,7 +51,8 @@ def save_model(folder: str | Path, name: str, module: nn.Module, meta: dict | No
     folder.mkdir(parents=True, exist_ok=True)
     tensors = state_tensors(module)
     with atomic_path(folder / WEIGHTS, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"kind": str(name), "schema": str(SCHEMA)})
+        # one metadata key: safetensors writes several in random order, which would make equal weights hash differently
+        save_file(tensors, str(tmp), metadata={"mrgen": json.dumps({"kind": str(name), "schema": SCHEMA}, sort_keys=True)})
         digest = sha256_file(tmp)
     info = {"schema": SCHEMA, "kind": str(name), **(meta or {})}
     info["sha256"] = digest

@@ -86,6 +86,9 @@ def generate_subject(cfg, index: int, raster: bool = True) -> Subject:
         raise PhantomError(f"unknown phantom.layout '{layout}'; choose one of: {', '.join(LAYOUTS)}")
     seeds = {"anatomy": [int(pc.seed), int(index), 0], "tissue": [int(pc.seed), int(index), 1]}
     shapes = draw_shapes(layout, np.random.default_rng(seeds["anatomy"]))
+    if layout == "brain" and float(pc.ventricle_scale) != 1.0:  # same subject, enlarged ventricles
+        for v in shapes["ventricles"] + [shapes["third_ventricle"]]:
+            v["r"] = [round(v["r"][0] * pc.ventricle_scale, 4), round(v["r"][1] * pc.ventricle_scale, 4), v["r"][2]]
     params = T.subject_parameters(np.random.default_rng(seeds["tissue"]), LAYOUTS[layout]["tissues"])
     subj = Subject(subject_name(index), int(index), layout, seeds, shapes, params)
     if raster:
@@ -111,6 +114,8 @@ def _fingerprint(cfg) -> str:
     pc = cfg.phantom
     key = dict(version=VERSION, layout=pc.layout, size=pc.size, slices=pc.slices, spacing=[float(s) for s in pc.spacing],
                noise=float(pc.noise), bias=float(pc.bias), seed=int(pc.seed))
+    if float(pc.ventricle_scale) != 1.0:  # only when set, so existing phantoms keep their fingerprint
+        key["ventricle_scale"] = float(pc.ventricle_scale)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -23,12 +23,9 @@ import torch
 
 from mrgen import io, prompts
 from mrgen.config import Config
+from mrgen.sample.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
 
 SYNTH = "synth"
-
-
-def mask_key(mask_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", mask_id).strip("_")
 
 
 def candidate_seed(base: int, mask_id: str, candidate: int) -> int:
@@ -45,18 +42,6 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return i, n
 
 
-def source_masks(index, cfg: Config) -> list[dict]:
-    """Source rows whose mask holds at least one organ, subsampled to ``sample.max_masks`` (seeded)."""
-    from mrgen.roles import assign
-
-    rows = [r for r in assign(index, cfg).source if r["organs"]]
-    rows.sort(key=lambda r: r["id"])
-    if cfg.sample.max_masks and len(rows) > cfg.sample.max_masks:
-        rng = random.Random(cfg.sample.seed)
-        rows = sorted(rng.sample(rows, cfg.sample.max_masks), key=lambda r: r["id"])
-    return rows
-
-
 def target_prompt(cfg: Config, row: dict) -> str:
     return prompts.build_prompt(cfg.run.target_modality, row["region"] or None, list(row["organs"]))
 
@@ -70,28 +55,16 @@ def _sampler_settings(cfg: Config) -> dict:
     }
 
 
-def _load_mask(cfg: Config, row: dict) -> np.ndarray:
-    from mrgen.curate.dataset import load_mask, resize_volume
-
-    mask = load_mask(cfg.workdir / "curated", row)
-    if cfg.data.spatial_dims == 3:
-        size = cfg.data.image_size
-        mask = resize_volume(mask, (cfg.data.depth, size, size), order=0)
-    return mask.astype(np.int64)
-
-
 def run(cfg: Config) -> dict:
     from rich.progress import Progress
 
     from mrgen.controller import load_generator
-    from mrgen.curate.index import Index
 
-    index = Index(cfg.workdir / "curated" / "index.parquet")
-    rows = source_masks(index, cfg)
+    rows = mask_items(cfg)
     shard_i, shard_n = parse_shard(cfg.sample.shard)
     rows = rows[shard_i::shard_n]
     out = cfg.workdir / SYNTH / "candidates"
-    todo = [r for r in rows if not (out / f"{mask_key(r['id'])}.npz").exists()]
+    todo = [r for r in rows if not (out / f"{r['key']}.npz").exists()]
     done = len(rows) - len(todo)
     if todo:
         gen = load_generator(cfg.workdir, cfg)
@@ -102,7 +75,7 @@ def run(cfg: Config) -> dict:
             task = bar.add_task(f"synthesize {len(todo)} masks x {cfg.sample.candidates}", total=len(jobs))
             for start in range(0, len(jobs), cfg.sample.batch_size):
                 batch = jobs[start : start + cfg.sample.batch_size]
-                masks = torch.from_numpy(np.stack([_load_mask(cfg, r) for r, _ in batch]))
+                masks = torch.from_numpy(np.stack([r["load"]() for r, _ in batch]))
                 texts = [target_prompt(cfg, r) for r, _ in batch]
                 seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
                 imgs = gen.generate(
@@ -116,16 +89,20 @@ def run(cfg: Config) -> dict:
                 bar.advance(task, len(batch))
     records = rebuild_provenance(cfg.workdir)
     grid = sample_grid(cfg.workdir)
+    if cfg.data.spatial_dims == 3:
+        ortho_grid(cfg.workdir)
     return {"masks": len(rows), "resumed": done, "candidates": len(records), "grid": str(grid) if grid else ""}
 
 
 def _write_mask(cfg: Config, gen, row: dict, items: list, out: Path) -> None:
     items.sort(key=lambda x: x[0])
-    key = mask_key(row["id"])
+    key = row["key"]
+    origin = {k: row["origin"].get(k) for k in ("seed", "prompt", "checkpoints", "origin", "recipe_hash") if k in row.get("origin", {})}
     meta = [
         {
-            "key": key, "mask_id": row["id"], "candidate": c, "seed": seed, "prompt": text,
-            "source_modality": row["modality"], "target_modality": cfg.run.target_modality,
+            "key": key, "mask_id": row["id"], "mask_kind": row["kind"], "mask_hash": row["hash"], "mask_origin": origin,
+            "candidate": c, "seed": seed, "prompt": text,
+            "source_modality": row["row"]["modality"] if "row" in row else "", "target_modality": cfg.run.target_modality,
             "sampler": _sampler_settings(cfg), "checkpoints": dict(gen.hashes), "file": f"candidates/{key}.npz",
         }
         for c, _, seed, text, _ in items
@@ -160,21 +137,17 @@ def rebuild_provenance(workdir: str | Path) -> list[dict]:
 def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
     """Re-render one candidate from its provenance record: (H, W[, D]) float32 in [-1, 1]."""
     from mrgen.controller import load_generator
-    from mrgen.curate.index import Index
 
     gen = gen or load_generator(cfg.workdir, cfg)
     stale = {k: v for k, v in record["checkpoints"].items() if gen.hashes.get(k) != v}
     if stale:
         raise ValueError(f"checkpoints changed since candidate {record['key']}#{record['candidate']} was made: {sorted(stale)}")
-    from mrgen.roles import kind_of
-
-    rows = Index(cfg.workdir / "curated" / "index.parquet").query(kind=kind_of(cfg), id=record["mask_id"])
-    if not rows:
-        raise ValueError(f"mask {record['mask_id']} is not in the curated index any more; re-curate the same data")
-    row = rows[0]
+    item = find_item(cfg, record["mask_id"])
+    if record.get("mask_hash") and item["hash"] != record["mask_hash"]:
+        raise ValueError(f"mask {record['mask_id']} changed since candidate {record['key']}#{record['candidate']} was made")
     s = record["sampler"]
     img = gen.generate(
-        torch.from_numpy(_load_mask(cfg, row))[None], [record["prompt"]], [record["seed"]],
+        torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]],
         guidance=s["guidance"], steps=s["ddim_steps"], cond_scale=s["conditioning_scale"], eta=s["eta"],
     )
     return img[0, 0].float().numpy()
@@ -210,3 +183,24 @@ def sample_grid(workdir: str | Path, n_masks: int = 6, n_cand: int = 6) -> Path 
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
+
+
+def ortho_grid(workdir: str | Path, per_kind: int = 2) -> Path | None:
+    """``synth/ortho.png`` (3D): for up to ``per_kind`` masks of each kind (source / generated / morphed),
+    the label volume and its first rendered candidate in axial / coronal / sagittal views."""
+    from mrgen.figures import save_ortho_grid
+
+    seen: dict = {}
+    rows = []
+    for f in sorted((Path(workdir) / SYNTH / "candidates").glob("*.npz")):
+        c = load_candidates(f)
+        kind = c["meta"][0].get("mask_kind", "source")
+        if c["mask"].ndim != 3 or seen.get(kind, 0) >= per_kind:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        rows.append({"name": f"{kind}: {c['meta'][0]['mask_id'][-22:]}", "labels": c["mask"], "image": c["images"][0]})
+    if not rows:
+        return None
+    rows.sort(key=lambda r: ["source", "generated", "morphed"].index(r["name"].split(":")[0]))
+    return save_ortho_grid(Path(workdir) / SYNTH / "ortho.png", rows,
+                           "label volumes and their rendered target-modality volumes (red: label outline)")

@@ -114,7 +114,11 @@ def predict(model: Segmenter, image: np.ndarray) -> np.ndarray:
 
 
 def run_train(cfg) -> dict:
-    """Train ``<workdir>/segment/<segment.name>`` on ``<workdir>/nnunet/Dataset…`` (images back to [-1, 1])."""
+    """Train ``<workdir>/segment/<segment.name>`` on ``<workdir>/nnunet/Dataset…`` (images back to [-1, 1]).
+
+    Context labels (conditioning-only, ``curated/context.json``) are background for the segmenter.
+    """
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.export import dataset_folder, read_dataset
 
     folder = dataset_folder(cfg.workdir / "nnunet", cfg.export.dataset_id, cfg.export.name)
@@ -123,6 +127,9 @@ def run_train(cfg) -> dict:
     images, masks, ds = read_dataset(folder)
     if not images:
         raise ValueError(f"{folder} holds no training cases")
+    curated = Path(cfg.workdir) / "curated"
+    drop = context_values(curated) if curated.is_dir() else set()
+    masks = [strip_context(m, drop) for m in masks]  # an export keeps none; older exports may
     n_classes = _n_classes(cfg.workdir, masks)
     out = cfg.workdir / "segment" / cfg.segment.name
     train_segmenter(images, masks, n_classes, cfg, out, cfg.segment.name)
@@ -130,10 +137,13 @@ def run_train(cfg) -> dict:
 
 
 def _n_classes(workdir: Path, masks: list) -> int:
+    """1 + the largest of the masks' values and the segmentation labels (``labels.json``, context labels excluded)."""
+    from mrgen.curate.labels import target_names
+
     labels_file = Path(workdir) / "curated" / "labels.json"
     top = max(int(np.max(m)) for m in masks)
     if labels_file.exists():
-        top = max(top, *(int(v) for d in io.read_json(labels_file).values() for v in d))
+        top = max(top, *target_names(labels_file.parent))
     return top + 1
 
 

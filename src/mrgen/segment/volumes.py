@@ -42,16 +42,19 @@ def _spacing(row: dict, stored: tuple) -> tuple:
 def load_rows(root, rows: list[dict], shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One volume from its rows: (image (Z, X, Y) float32, mask (Z, X, Y) int64, spacing (Z, X, Y) mm).
 
-    ``shape``: resample a volume row to this (Z, X, Y) (3D models); ignored for slice rows.
+    ``shape``: resample a volume row to this (Z, X, Y) (3D models); ignored for slice rows. The mask is
+    the segmentation ground truth: context labels (``curated/context.json``) are background.
     """
     from mrgen.curate.dataset import load_image, load_mask, resize_volume
+    from mrgen.curate.labels import context_values, strip_context
 
+    drop = context_values(root)
     if _is_slice(rows[0]):
         img = np.stack([load_image(root, r)[0] for r in rows]).astype(np.float32)
         msk = np.stack([load_mask(root, r) for r in rows]).astype(np.int64)
-        return img, msk, _spacing(rows[0], img.shape[1:])
+        return img, strip_context(msk, drop), _spacing(rows[0], img.shape[1:])
     r = rows[0]
-    img, msk = load_image(root, r)[0], load_mask(root, r)
+    img, msk = load_image(root, r)[0], strip_context(load_mask(root, r), drop)
     sp = _spacing(r, img.shape)
     if shape is not None and tuple(shape) != tuple(img.shape):
         sp = tuple(s * a / b for s, a, b in zip(sp, img.shape, shape))
