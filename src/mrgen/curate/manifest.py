@@ -321,39 +321,27 @@ def volumes(manifest: Manifest) -> list[VolumeSpec]:
     return sorted(out, key=lambda v: v.key)
 
 
-def _mask_path(ds: DatasetSpec, s: Series, subject: str, image: Path) -> Path:
-    pattern = s.masks.replace("{subject}", subject)
+def _resolve(ds: DatasetSpec, pattern: str, subject: str, image: Path, noun: str, what: str, fix: str) -> Path:
+    """The one file ``pattern`` (``{subject}`` filled in; a path or a glob under ``ds.root``) names."""
+    pattern = pattern.replace("{subject}", subject)
     if glob.has_magic(pattern):
         hits = _glob(ds.root, pattern)
         if len(hits) != 1:
-            raise CurateError(
-                f"{image}: masks pattern '{pattern}' matches {len(hits)} files under {ds.root} for subject '{subject}'; "
-                f"it must match exactly one"
-            )
+            raise CurateError(f"{image}: {what} pattern '{pattern}' matches {len(hits)} files under {ds.root} "
+                              f"for subject '{subject}'; it must match exactly one")
         return hits[0]
     path = Path(pattern) if os.path.isabs(pattern) else ds.root / pattern
     if not path.exists():
-        raise CurateError(
-            f"{image}: its mask {path} does not exist (masks pattern '{s.masks}', subject '{subject}'); "
-            f"fix the masks pattern or drop 'masks' for an unannotated series"
-        )
+        raise CurateError(f"{image}: its {noun} {path} does not exist ({what} '{pattern}', "
+                          f"subject '{subject}'); {fix}")
     return path
+
+
+def _mask_path(ds: DatasetSpec, s: Series, subject: str, image: Path) -> Path:
+    return _resolve(ds, s.masks, subject, image, "mask", "masks pattern",
+                    "fix the masks pattern or drop 'masks' for an unannotated series")
 
 
 def _context_path(ds: DatasetSpec, c: Context, subject: str, image: Path) -> Path:
-    pattern = c.masks.replace("{subject}", subject)
-    if glob.has_magic(pattern):
-        hits = _glob(ds.root, pattern)
-        if len(hits) != 1:
-            raise CurateError(
-                f"{image}: context {c.value} ({c.name}) masks pattern '{pattern}' matches {len(hits)} files under "
-                f"{ds.root} for subject '{subject}'; it must match exactly one"
-            )
-        return hits[0]
-    path = Path(pattern) if os.path.isabs(pattern) else ds.root / pattern
-    if not path.exists():
-        raise CurateError(
-            f"{image}: its context mask {path} does not exist (context {c.value} ({c.name}), masks pattern '{c.masks}', "
-            f"subject '{subject}'); fix the context masks pattern, or drop 'context' from dataset '{ds.name}'"
-        )
-    return path
+    return _resolve(ds, c.masks, subject, image, "context mask", f"context {c.value} ({c.name}) masks pattern",
+                    f"fix the context masks pattern, or drop 'context' from dataset '{ds.name}'")

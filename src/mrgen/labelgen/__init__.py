@@ -141,16 +141,11 @@ def build_label_autoencoder(cfg: Config, k: int):
 
 
 def build_label_unet(cfg: Config, context_dim: int):
-    from monai.networks.nets import DiffusionModelUNet
+    from mrgen.nets.builders import text_unet
 
     lg = cfg.labelgen
-    return DiffusionModelUNet(
-        spatial_dims=cfg.data.spatial_dims, in_channels=lg.latent_channels, out_channels=lg.latent_channels,
-        num_res_blocks=1, channels=tuple(lg.unet_channels), attention_levels=tuple(lg.unet_attention),
-        norm_num_groups=_groups(lg.unet_channels, cfg.ldm.norm_num_groups), num_head_channels=cfg.ldm.num_head_channels,
-        with_conditioning=True, cross_attention_dim=int(context_dim), include_fc=True, use_combined_linear=False,
-        use_flash_attention=False, upcast_attention=False,
-    )
+    return text_unet(cfg.data.spatial_dims, lg.latent_channels, lg.latent_channels, lg.unet_channels, lg.unet_attention,
+                     context_dim, 1, _groups(lg.unet_channels, cfg.ldm.norm_num_groups), cfg.ldm.num_head_channels)
 
 
 def latent_shape(cfg: Config, n: int) -> tuple:

@@ -87,6 +87,15 @@ def _encoder_kwargs(cfg, context_dim: int) -> dict:
     )
 
 
+def text_unet(spatial_dims: int, in_channels: int, out_channels: int, channels, attention, context_dim: int,
+              num_res_blocks: int, norm_num_groups: int, num_head_channels: int) -> DiffusionModelUNet:
+    """A text-conditioned (cross-attention) MONAI diffusion UNet; used by the pixel-space renderer and labelgen."""
+    return DiffusionModelUNet(
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, num_res_blocks=num_res_blocks,
+        channels=tuple(channels), attention_levels=tuple(attention), norm_num_groups=norm_num_groups,
+        num_head_channels=num_head_channels, with_conditioning=True, cross_attention_dim=int(context_dim), **_ATTN_OPTS)
+
+
 def build_unet(cfg, context_dim: int) -> DiffusionModelUNet:
     """Text-conditioned diffusion UNet on latents: ``eps = unet(x (N,C,h,w[,d]), t (N,), context (N,L,context_dim))``."""
     unet = DiffusionModelUNet(out_channels=cfg.autoencoder.latent_channels, **_encoder_kwargs(cfg, context_dim))
@@ -128,19 +137,8 @@ def build_pixel_unet(cfg, context_dim: int, n_labels: int) -> DiffusionModelUNet
         raise ValueError(f"controller.pixel_channels={list(c.pixel_channels)} must be multiples of ldm.norm_num_groups="
                          f"{l.norm_num_groups} (the concat UNet's GroupNorm); change either")
     m = mask_channels(cfg, n_labels)
-    unet = DiffusionModelUNet(
-        spatial_dims=cfg.data.spatial_dims,
-        in_channels=1 + m,
-        out_channels=1,
-        num_res_blocks=l.num_res_blocks,
-        channels=tuple(c.pixel_channels),
-        attention_levels=tuple(c.pixel_attention),
-        norm_num_groups=l.norm_num_groups,
-        num_head_channels=l.num_head_channels,
-        with_conditioning=True,
-        cross_attention_dim=int(context_dim),
-        **_ATTN_OPTS,
-    )
+    unet = text_unet(cfg.data.spatial_dims, 1 + m, 1, c.pixel_channels, c.pixel_attention, context_dim,
+                     l.num_res_blocks, l.norm_num_groups, l.num_head_channels)
     unet.context_dim = int(context_dim)
     unet.concat_cond = True
     unet.cond_channels = m
