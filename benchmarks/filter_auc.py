@@ -12,6 +12,9 @@ Usage (from the repo root, ~1-2 min per dataset on one core):
         --methods random_walker watershed grabcut region_grow --size 96
 
 Data comes from ``$MRGEN_SHARED_DATA`` (default /work/shared/data); missing sets are skipped.
+``--datasets run:RUN_FOLDER`` scores a finished run's real annotated target-modality items
+(volumes in 3D, scored like candidates: ``score_any``, up to 8 axial slices) to set that run's
+filter thresholds, e.g. ``--datasets run:runs/demo3d --thresholds 0.3 0.5 0.5 0.8``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from scipy import ndimage as ndi
 from scipy.stats import rankdata
 
 from mrgen.filter.classical import METHODS, ClassicalScorer
+from mrgen.filter.scorers import score_any
 from mrgen.filter.select import Thresholds, failures
 
 
@@ -127,16 +131,33 @@ def load_phantom(size: int, subjects: int = 6):
 
 
 def shifted(m, rng, lo=3, hi=8):
+    """``m`` moved by ``lo``-``hi`` px in a random direction (2D, or in-plane for a 3D (Z, H, W) volume)."""
     ang, mag = rng.uniform(0, 2 * np.pi), rng.uniform(lo, hi)
-    return ndi.shift(m, (mag * np.sin(ang), mag * np.cos(ang)), order=0, mode="constant", cval=0)
+    vec = (0.0,) * (m.ndim - 2) + (mag * np.sin(ang), mag * np.cos(ang))
+    return ndi.shift(m, vec, order=0, mode="constant", cval=0)
 
 
 def warped(m, rng, amp=5.0):
-    h, w = m.shape
-    field = [ndi.gaussian_filter(rng.standard_normal((h, w)), h / 8) for _ in range(2)]
-    field = [f / (np.abs(f).max() + 1e-8) * amp for f in field]
-    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return ndi.map_coordinates(m, [yy + field[0], xx + field[1]], order=0, mode="constant", cval=0)
+    """A smooth random displacement of at most ``amp`` px along every axis (2D or 3D)."""
+    grid = np.indices(m.shape).astype(np.float64)
+    field = [ndi.gaussian_filter(rng.standard_normal(m.shape), max(m.shape) / 8) for _ in range(m.ndim)]
+    coords = [g + f / (np.abs(f).max() + 1e-8) * amp for g, f in zip(grid, field)]
+    return ndi.map_coordinates(m, coords, order=0, mode="constant", cval=0)
+
+
+def load_run(folder: Path):
+    """A finished run's real annotated target-modality items, as the run's stages see them."""
+    from mrgen import config as C
+    from mrgen import pipeline
+    from mrgen.curate.index import Index
+
+    cfg = C.load_config(file=folder / "config.yaml", overrides=[f"run.workdir={folder}"])
+    kind = "volume" if cfg.data.spatial_dims == 3 else "slice"
+    rows = [r for r in Index(folder / "curated" / "index.parquet").query(kind=kind, modality=cfg.run.target_modality)
+            if r["has_mask"]]
+    images, masks = pipeline._real_pairs(cfg, rows, keep_context=True)  # the filter scores context labels too
+    return [(r["id"], r["subject"], img, m)
+            for r, img, m in zip(rows, images, masks) if m.any()]
 
 
 def make_pairs(items, seed=0):
@@ -159,7 +180,7 @@ def make_pairs(items, seed=0):
 def evaluate(pairs, scorer, thresholds: Thresholds | None = None):
     rows, t0 = [], time.process_time()  # CPU time: robust to other jobs on shared cores
     for name, kind, img, m in pairs:
-        s = scorer.score(img, m)
+        s = score_any(scorer, img, m)
         if not s:
             continue
         mi, mc = np.mean([v[0] for v in s.values()]), np.mean([v[1] for v in s.values()])
@@ -209,7 +230,7 @@ def main(argv=None):
     print(f"| dataset | method | pairs | AUC IoU shift | elastic | other | noise | all | AUC conf all | AUC IoU·conf all | IoU aligned | IoU misal. | CPU s/pair |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for ds in args.datasets:
-        items = loaders[ds]()
+        items = load_run(Path(ds[4:])) if ds.startswith("run:") else loaders[ds]()
         if not items:
             print(f"| {ds} | (absent) |", file=sys.stderr)
             continue

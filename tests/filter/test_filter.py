@@ -161,3 +161,28 @@ def test_benchmark_auc_on_shared_data_or_skip():
     pairs = [p for p in fa.make_pairs(items) if p[1] in ("aligned", "shift")]
     res = fa.evaluate(pairs, ClassicalScorer())
     assert res["auc_iou_shift"] >= 0.75
+
+
+def _filter_auc_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("filter_auc", Path(__file__).parents[2] / "benchmarks" / "filter_auc.py")
+    fa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fa)
+    return fa
+
+
+def test_benchmark_misalignments_work_on_3d_volumes():
+    """The threshold benchmark's shift moves a (Z, H, W) volume in-plane only; the warp stays within its amplitude."""
+    fa = _filter_auc_module()
+    m = np.zeros((6, 24, 24), np.int64)
+    m[1:5, 8:16, 8:16] = 2
+    rng = np.random.default_rng(0)
+    s = fa.shifted(m, rng, lo=4, hi=4)
+    assert (s.sum((1, 2)) == m.sum((1, 2))).all()  # every slice keeps its voxels: no move along z
+    assert not np.array_equal(s, m)
+    w = fa.warped(m, rng, amp=2.0)
+    assert set(np.unique(w)) <= {0, 2} and not np.array_equal(w, m)
+    ys, xs = np.nonzero((w == 2).any(0))
+    assert ys.min() >= 5 and ys.max() <= 18 and xs.min() >= 5 and xs.max() <= 18  # within 2 px (+1 rounding) of the box
