@@ -86,3 +86,24 @@ def test_aggregate_mean_sd_and_gap():
     assert s["source_only"]["mean_dice_sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert s["x"]["gap_closed"] == pytest.approx(0.4) and s["oracle"]["gap_closed"] == pytest.approx(1.0)
     assert s["x"]["over_budget"] == [0, 1] and s["x"]["method_cpu_min"] == pytest.approx(1.0)
+
+
+def test_engine_stamp_follows_the_resolved_engine_config(tiny_bench, monkeypatch):
+    """A changed mrgen default (not only a changed benchmark file) re-runs the engine methods, and only them."""
+    from mrgen import config as C
+    from mrgen.bench import stamps
+
+    spec, base, _, labels = tiny_bench
+    spec.tree["methods"]["mrgen"] = {}
+    fold = spec.folds[0]
+    before = {m: stamps(spec, base, fold, m, labels) for m in ("mrgen", "source_only")}
+    assert stamps(spec, base, fold, "mrgen", labels) == before["mrgen"]  # deterministic
+    monkeypatch.setattr(C.ControllerCfg, "__init__", _with_default(C.ControllerCfg.__init__, target_fraction=0.25))
+    assert stamps(spec, base, fold, "mrgen", labels) != before["mrgen"]
+    assert stamps(spec, base, fold, "source_only", labels) == before["source_only"]
+
+
+def _with_default(init, **defaults):
+    def wrapped(self, *a, **k):
+        init(self, *a, **{**defaults, **k})
+    return wrapped

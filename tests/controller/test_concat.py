@@ -109,7 +109,9 @@ def test_sample_matches_reference_loops(pixel):
     assert torch.equal(got, _manual(cfg, unet, ctx, unc, cond, [4, 5, 6], 1.0))
     assert torch.equal(got, _run(cfg, unet, ctx, None, cond, [4, 5, 6], guidance=1.0))  # no uncond pass
     cfg4 = _run(cfg, unet, ctx, unc, cond, [4, 5, 6], guidance=4.0)
-    torch.testing.assert_close(cfg4, _manual(cfg, unet, ctx, unc, cond, [4, 5, 6], 4.0), atol=1e-5, rtol=1e-5)
+    # batched (cond + uncond in one pass) vs separate passes: float32 kernels differ with the thread count (~1.5e-5 at
+    # OMP_NUM_THREADS=1), and guidance 4 amplifies that; far below the guided-vs-unguided difference asserted next
+    torch.testing.assert_close(cfg4, _manual(cfg, unet, ctx, unc, cond, [4, 5, 6], 4.0), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(cfg4, got)
 
 

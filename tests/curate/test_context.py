@@ -17,7 +17,7 @@ from mrgen import io
 from mrgen.curate import CurateError, run
 from mrgen.curate.dataset import load_mask
 from mrgen.curate.index import Index
-from mrgen.curate.labels import context_values, n_classes, n_labels, strip_context, target_names
+from mrgen.curate.labels import context_only, context_values, n_classes, n_labels, strip_context, target_names
 
 SHAPE = (16, 16, 6)  # square, 1.5 mm in-plane: stored at 16 px without any resampling
 
@@ -110,6 +110,37 @@ def test_strip_context():
     assert out.dtype == np.uint8 and out.tolist() == [[0, 1, 0], [0, 0, 2]]
     assert m.tolist() == [[0, 1, 5], [6, 5, 2]]  # the input is not modified
     assert strip_context(m, set()) is m and strip_context(m, [7]) is m
+
+
+def test_context_only_keeps_the_outline_not_the_labels():
+    m = np.zeros((7, 9), np.uint8)
+    m[1:6, 1:8] = 5  # brain
+    m[2:4, 2:4] = 1  # a tumour inside it
+    m[3, 6] = 2
+    out = context_only(m, {5})
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 5}
+    assert np.array_equal(out != 0, m != 0)  # the union (the brain outline) is kept exactly
+    assert m[2, 2] == 1  # the input is not modified
+    two = np.array([[5, 1, 1, 6, 6]], np.uint8)  # a label voxel takes its nearest context label
+    assert context_only(two, {5, 6}).tolist() == [[5, 5, 6, 6, 6]]
+    assert not context_only(m, set()).any() and not context_only(np.array([[1, 2]]), {5}).any()
+
+
+def test_controller_target_items_carry_context_only(tmp_path, make_cfg):
+    """Annotated target series (as in BraTS): the controller's target items show the body outline
+    (context 5) and never the organ labels; with target_context off, all-zero masks (MRGen)."""
+    import torch
+
+    from mrgen.autoencoder.data import target_items
+
+    cfg = curated(tmp_path, make_cfg, annotated=("T1", "T2"))
+    rows = [r for r in Index(cfg.workdir).query(kind="slice", modality="T2")]
+    got = target_items(cfg, rows).masks(torch.arange(len(rows))).numpy()
+    stored = np.stack([load_mask(cfg.workdir / "curated", r) for r in rows])
+    assert set(np.unique(got)) == {0, 5} and np.array_equal(got != 0, stored != 0)
+    assert (stored[got == 5] != 5).any()  # organ voxels were relabelled, not dropped
+    cfg.controller.target_context = False
+    assert not target_items(cfg, rows).masks(torch.arange(len(rows))).any()
 
 
 def test_export_drops_context_labels(tmp_path):

@@ -65,7 +65,7 @@ def run(cfg: Config) -> dict:
     train.seed_all(tcfg.seed)
     ae = build_autoencoder(cfg)
     kl_w = float(cfg.autoencoder.kl_weight)
-    fixed = torch.arange(min(8, len(items)))
+    fixed = torch.linspace(0, len(items) - 1, min(8, len(items))).long()  # spread over the items (not 8 edge slices)
 
     def batch_fn(step, draw):
         return augment(items.images(draw(len(items))), cfg.autoencoder.aug_prob)

@@ -74,13 +74,17 @@ def no_organ_prompt(row: dict) -> str:
     return build_prompt(row["modality"], row.get("region") or None, [], drop_organs=True)
 
 
-def load_item(cfg: Config, row: dict, with_mask: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """``image`` float32 ``(1, *item_shape)``, ``mask`` int64 ``item_shape`` (zeros if unannotated)."""
+def load_item(cfg: Config, row: dict, with_mask: bool = False, context: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` float32 ``(1, *item_shape)``, ``mask`` int64 ``item_shape`` (zeros if unannotated;
+    with ``context`` values, only those context labels: :func:`mrgen.curate.labels.context_only`)."""
     from mrgen.curate.dataset import load_image, load_mask, resize_volume
+    from mrgen.curate.labels import context_only
 
     root = curated_root(cfg)
     img = load_image(root, row)
     mask = load_mask(root, row) if with_mask else None
+    if mask is not None and context:
+        mask = context_only(mask, context)
     shape = item_shape(cfg)
     if cfg.data.spatial_dims == 3:
         img = resize_volume(img, shape, order=1)
@@ -93,8 +97,8 @@ def load_item(cfg: Config, row: dict, with_mask: bool = False) -> tuple[np.ndarr
 class Items:
     """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``."""
 
-    def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False):
-        self.cfg, self.rows, self.with_mask = cfg, list(rows), with_mask
+    def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False, context: frozenset = frozenset()):
+        self.cfg, self.rows, self.with_mask, self.context = cfg, list(rows), with_mask, frozenset(context)
         shape = item_shape(cfg)
         self.preload = len(self.rows) * int(np.prod(shape)) * 3 <= PRELOAD_BYTES
         self._img = self._mask = None
@@ -102,7 +106,7 @@ class Items:
             img = torch.empty((len(self.rows), 1, *shape), dtype=torch.float16)
             mask = torch.zeros((len(self.rows), *shape), dtype=torch.uint8) if with_mask else None
             for i, r in enumerate(self.rows):
-                a, m = load_item(cfg, r, with_mask)
+                a, m = load_item(cfg, r, with_mask, self.context)
                 img[i] = torch.from_numpy(a)
                 if mask is not None:
                     mask[i] = torch.from_numpy(m.astype(np.uint8))
@@ -123,7 +127,18 @@ class Items:
             return torch.zeros((len(idx), *item_shape(self.cfg)), dtype=torch.long)
         if self._mask is not None:
             return self._mask[idx].long()
-        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True)[1]) for i in idx.tolist()])
+        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context)[1]) for i in idx.tolist()])
+
+
+def target_items(cfg: Config, rows: list[dict]) -> Items:
+    """The controller's unannotated target items. With ``controller.target_context`` and context
+    labels in the run (BraTS: the brain outline), each carries only its context labels
+    (:func:`mrgen.curate.labels.context_only`: segmentation labels are never seen, their voxels
+    take the surrounding context label); otherwise an all-zero mask, as in MRGen."""
+    from mrgen.curate.labels import context_values
+
+    ctx = frozenset(context_values(curated_root(cfg))) if cfg.controller.target_context else frozenset()
+    return Items(cfg, rows, with_mask=bool(ctx), context=ctx)
 
 
 def augment(x: torch.Tensor, prob: float) -> torch.Tensor:

@@ -96,10 +96,18 @@ def _fold_cfg(base: C.Config, fold: S.Fold) -> C.Config:
                                    "test_subjects": list(fold.test)}})
 
 
+def _engine_settings(spec: S.Spec, base: C.Config, fold: S.Fold) -> dict:
+    """The engine's *resolved* config (preset + defaults + the ``engine`` tree), without its folder: a
+    changed default in mrgen itself re-runs the engine methods, not only a changed benchmark file."""
+    tree = C.to_dict(S.engine_config(spec, base, Path("engine"), fold))
+    tree.get("run", {}).pop("workdir", None)
+    return tree
+
+
 def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> tuple[str, str]:
     """(train stamp: pairs + segmenter, eval stamp: + what the evaluation reports)."""
     cfg = _fold_cfg(base, fold)
-    engine = spec.tree.get("engine") if method in ENGINE_METHODS else None
+    engine = _engine_settings(spec, base, fold) if method in ENGINE_METHODS else None
     run_sec = {k: v for k, v in C.to_dict(cfg.run).items() if k != "workdir"}
     train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, C.to_dict(cfg.segment), C.to_dict(cfg.data),
                     run_sec, int(spec.tree.get("seed", 0)), spec.manifest)

@@ -6,8 +6,9 @@ UNet and text encoder stay frozen. Each batch mixes (``controller.target_fractio
 
 * source-modality train items WITH masks (:func:`mrgen.roles.assign` ``.source``): prompt with
   organs, mask encoded by ``controller.mask_encoding``;
-* target-modality train items WITHOUT masks (``.target``; their masks, if any, are never read):
-  an all-zero mask and the prompt without organs.
+* target-modality train items WITHOUT masks (``.target``; their segmentation labels are never
+  read): an all-zero mask, or with ``controller.target_context`` only their context labels (the
+  brain outline of BraTS: :func:`mrgen.autoencoder.data.target_items`), and the prompt without organs.
 
 Prompts are dropped to the empty prompt with probability ``ldm.prompt_dropout``. Loss: ε-MSE.
 :func:`load_generator` bundles the trained parts for ``mrgen synthesize``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mrgen.autoencoder.data import Items, data_hash, item_shape, n_labels, no_organ_prompt, open_index
+from mrgen.autoencoder.data import Items, data_hash, item_shape, n_labels, no_organ_prompt, open_index, target_items
 from mrgen.config import Config, to_dict
 from mrgen.prompts import EMPTY_PROMPT, build_prompt
 
@@ -70,7 +71,8 @@ def run(cfg: Config) -> dict:
     labels = n_labels(cfg)
     src_items = Items(cfg, src, with_mask=True)
     src_mu, src_sigma = cached_latents(cfg, ae, ae_meta, src, items=src_items)
-    tgt_mu, tgt_sigma = cached_latents(cfg, ae, ae_meta, tgt)
+    tgt_items = target_items(cfg, tgt)
+    tgt_mu, tgt_sigma = cached_latents(cfg, ae, ae_meta, tgt, items=tgt_items)
     src_prompts = [r["prompt"] for r in src]
     tgt_prompts = [no_organ_prompt(r) for r in tgt]
     cond = Conditioner(cfg, text, src_prompts + tgt_prompts)
@@ -92,7 +94,7 @@ def run(cfg: Config) -> dict:
         z = (mu + sigma * torch.randn_like(sigma)) * scale
         masks = src_items.masks(i_s)
         if k_tgt:
-            masks = torch.cat([masks, torch.zeros((k_tgt, *masks.shape[1:]), dtype=torch.long)])
+            masks = torch.cat([masks, tgt_items.masks(i_t)])
         ids = torch.cat([src_ids[i_s]] + ([tgt_ids[i_t]] if k_tgt else []))
         ids = torch.where(torch.rand(len(ids)) < cfg.ldm.prompt_dropout, torch.zeros_like(ids), ids)
         return z, ids, encode_mask(masks, cfg.controller.mask_encoding, labels)

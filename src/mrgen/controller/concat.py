@@ -4,7 +4,7 @@ A pixel-space DDPM: the UNet (:func:`mrgen.nets.build_pixel_unet`) sees the nois
 [-1, 1] concatenated with the encoded label map (``controller.mask_encoding``) and the prompt
 through cross-attention; no autoencoder, no LDM, no ControlNet. Everything else is shared with
 the ControlNet mode: the batch mix (source items WITH masks + ``controller.target_fraction``
-target-modality items with an all-zero mask and the prompt without organs), prompt dropout
+target-modality items with an all-zero or context-only mask and the prompt without organs), prompt dropout
 ``ldm.prompt_dropout``, ε-MSE under ``cfg.diffusion``'s schedule, :func:`mrgen.train.fit`
 (checkpoints, resume, EMA ``controller.train.ema_decay``, previews), DDIM + CFG sampling with
 :func:`mrgen.diffusion.sample`. Text: a frozen encoder's embeddings are cached in
@@ -33,7 +33,7 @@ def stage_config(cfg: Config) -> dict:
 
 def run(cfg: Config) -> dict:
     from mrgen import train
-    from mrgen.autoencoder.data import Items, data_hash, label_names, n_labels, no_organ_prompt, open_index
+    from mrgen.autoencoder.data import Items, data_hash, label_names, n_labels, no_organ_prompt, open_index, target_items
     from mrgen.controller import Generator, render_mask
     from mrgen.diffusion import make_train_scheduler
     from mrgen.ldm import Conditioner, diffusion_loss
@@ -47,7 +47,7 @@ def run(cfg: Config) -> dict:
     src = sorted(roles.source, key=lambda r: r["id"])
     tgt = sorted(roles.target, key=lambda r: r["id"])
     labels = n_labels(cfg)
-    src_items, tgt_items = Items(cfg, src, with_mask=True), Items(cfg, tgt)
+    src_items, tgt_items = Items(cfg, src, with_mask=True), target_items(cfg, tgt)
     src_prompts = [r["prompt"] for r in src]
     tgt_prompts = [no_organ_prompt(r) for r in tgt]
     train.seed_all(tcfg.seed)
@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
         if k_tgt:
             i_t = draw(len(tgt), k_tgt, salt=2)
             x = torch.cat([x, tgt_items.images(i_t)])
-            masks = torch.cat([masks, torch.zeros((k_tgt, *masks.shape[1:]), dtype=torch.long)])
+            masks = torch.cat([masks, tgt_items.masks(i_t)])
             ids = torch.cat([ids, tgt_ids[i_t]])
         ids = torch.where(torch.rand(len(ids)) < cfg.ldm.prompt_dropout, torch.zeros_like(ids), ids)
         return x, ids, encode_mask(masks, cfg.controller.mask_encoding, labels)

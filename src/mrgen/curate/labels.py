@@ -89,3 +89,22 @@ def strip_context(mask, values) -> np.ndarray:
     out = np.array(mask, copy=True)
     out[hit] = 0
     return out
+
+
+def context_only(mask, values) -> np.ndarray:
+    """Only the context labels of ``mask`` (e.g. the brain outline of an unannotated target image):
+    every segmentation voxel takes the label of the nearest context voxel, so the union of the
+    labelled voxels is kept and the shapes of the segmentation labels are not. All zeros when the
+    mask holds no context label (or ``values`` is empty)."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask)
+    ctx = np.isin(mask, sorted(int(v) for v in (values or ())))
+    if not ctx.any():
+        return np.zeros_like(mask)
+    out = np.where(ctx, mask, 0).astype(mask.dtype)
+    seg = (mask != 0) & ~ctx
+    if seg.any():
+        nearest = ndi.distance_transform_edt(~ctx, return_distances=False, return_indices=True)
+        out[seg] = mask[tuple(i[seg] for i in nearest)]
+    return out
