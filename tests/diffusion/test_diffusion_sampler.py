@@ -32,7 +32,7 @@ def test_shapes_and_determinism(models):
     assert a.shape == latent_shape(cfg, 3) and a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.equal(a, b)
     c = _run(cfg, unet, ctx, unc, [9, 2, 3], guidance=2.0, controller=ctrl, cond=cond)
-    assert not torch.allclose(a[0], c[0]) and torch.allclose(a[1:], c[1:], atol=1e-5)
+    assert not torch.allclose(a[0], c[0]) and torch.allclose(a[1:], c[1:], atol=1e-4)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
@@ -40,7 +40,7 @@ def test_sample_independent_of_batch(models, eta):
     cfg, unet, ctrl, ctx, unc, cond = models
     batch = _run(cfg, unet, ctx, unc, [11, 12, 13], guidance=3.0, controller=ctrl, cond=cond, eta=eta)
     alone = _run(cfg, unet, ctx[1:2], unc, [12], guidance=3.0, controller=ctrl, cond=cond[1:2], eta=eta)
-    torch.testing.assert_close(batch[1:2], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch[1:2], alone, atol=1e-4, rtol=1e-4)  # batch-size kernel differences only
     if eta > 0:  # the η noise is live and also seeded
         det = _run(cfg, unet, ctx[1:2], unc, [12], guidance=3.0, controller=ctrl, cond=cond[1:2], eta=0.0)
         assert not torch.allclose(alone, det)
@@ -76,7 +76,9 @@ def test_guidance_matches_reference_loop(models):
     cfg, unet, ctrl, ctx, unc, cond = models
     got = _run(cfg, unet, ctx, unc, [4, 5, 6], guidance=4.0, controller=ctrl, cond=cond)
     ref = _manual(cfg, unet, ctrl, ctx, unc, cond, [4, 5, 6], 4.0)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # batched cond + uncond vs separate passes: float32 kernels differ by ~1e-5 with batch size and thread count,
+    # amplified by the guidance; a wrong guidance rule differs by O(1)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     w1 = _run(cfg, unet, ctx, unc, [4, 5, 6], guidance=1.0, controller=ctrl, cond=cond)
     assert not torch.allclose(got, w1)  # guidance does something
 
