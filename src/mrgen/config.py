@@ -117,7 +117,7 @@ class ControllerCfg:
     pixel_channels: tuple = (16, 32, 64)  # concat mode: the pixel-space UNet's channels per level
     pixel_attention: tuple = (False, False, True)  # concat mode: cross-attention (text) per level
     conditioning_channels: tuple = (16, 32, 96)  # learnable mask downsampling module
-    target_fraction: float = 0.5  # share of unannotated target slices (empty mask) per batch
+    target_fraction: float = 0.5  # share of unannotated target items per batch (empty or context-only mask)
     target_context: bool = True  # target items carry their context labels (brain outline), never segmentation labels
     conditioning_scale: float = 1.0
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=2000, lr=2e-4, batch_size=32))
