@@ -85,6 +85,7 @@ def test_aggregate_mean_sd_and_gap():
     assert s["source_only"]["mean_dice"] == pytest.approx(0.3)
     assert s["source_only"]["mean_dice_sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert s["x"]["gap_closed"] == pytest.approx(0.4) and s["oracle"]["gap_closed"] == pytest.approx(1.0)
+    assert s["x"]["vs_source_only"] == pytest.approx(0.5 / 0.3) and s["source_only"]["vs_source_only"] == pytest.approx(1.0)
     assert s["x"]["over_budget"] == [0, 1] and s["x"]["method_cpu_min"] == pytest.approx(1.0)
 
 

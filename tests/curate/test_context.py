@@ -143,6 +143,30 @@ def test_controller_target_items_carry_context_only(tmp_path, make_cfg):
     assert not target_items(cfg, rows).masks(torch.arange(len(rows))).any()
 
 
+def test_items_load_images_and_masks_separately_on_first_use(tmp_path, make_cfg, monkeypatch):
+    """The controller needs only the target masks once the latents are cached: masks() must not read
+    an image; images() reads each image once and returns the stored values."""
+    import torch
+
+    import mrgen.curate.dataset as D
+    from mrgen.autoencoder.data import target_items
+
+    cfg = curated(tmp_path, make_cfg, annotated=("T1", "T2"))
+    rows = [r for r in Index(cfg.workdir).query(kind="slice", modality="T2")]
+    reads = []
+    real = D.load_image
+    monkeypatch.setattr(D, "load_image", lambda root, row: reads.append(row["id"]) or real(root, row))
+    items = target_items(cfg, rows)
+    assert items.preload and not reads
+    assert items.masks(torch.arange(len(rows))).shape == (len(rows), 16, 16) and not reads
+    got = items.images(torch.arange(len(rows)))
+    assert sorted(reads) == sorted(r["id"] for r in rows)
+    items.images(torch.tensor([0]))
+    assert len(reads) == len(rows)  # loaded once, then served from memory
+    stored = np.stack([real(cfg.workdir / "curated", r) for r in rows])
+    assert np.allclose(got.numpy(), stored, atol=1e-3)  # float16 in memory
+
+
 def test_export_drops_context_labels(tmp_path):
     from mrgen.export import export_pairs, read_dataset
 

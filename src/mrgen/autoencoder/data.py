@@ -74,60 +74,72 @@ def no_organ_prompt(row: dict) -> str:
     return build_prompt(row["modality"], row.get("region") or None, [], drop_organs=True)
 
 
-def load_item(cfg: Config, row: dict, with_mask: bool = False, context: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray | None]:
-    """``image`` float32 ``(1, *item_shape)``, ``mask`` int64 ``item_shape`` (zeros if unannotated;
-    with ``context`` values, only those context labels: :func:`mrgen.curate.labels.context_only`)."""
+def load_item(cfg: Config, row: dict, with_mask: bool = False, context: frozenset = frozenset(),
+              with_image: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``image`` float32 ``(1, *item_shape)`` (None without ``with_image``), ``mask`` int64 ``item_shape``
+    (zeros if unannotated; with ``context`` values, only those context labels:
+    :func:`mrgen.curate.labels.context_only`)."""
     from mrgen.curate.dataset import load_image, load_mask, resize_volume
     from mrgen.curate.labels import context_only
 
     root = curated_root(cfg)
-    img = load_image(root, row)
+    img = load_image(root, row) if with_image else None
     mask = load_mask(root, row) if with_mask else None
     if mask is not None and context:
         mask = context_only(mask, context)
     shape = item_shape(cfg)
     if cfg.data.spatial_dims == 3:
-        img = resize_volume(img, shape, order=1)
+        img = resize_volume(img, shape, order=1) if img is not None else None
         mask = resize_volume(mask, shape, order=0) if mask is not None else None
-    elif img.shape[1:] != shape:
+    elif img is not None and img.shape[1:] != shape:
         raise ValueError(f"{row['id']}: slice shape {img.shape[1:]} != data.image_size {shape}; re-curate with this data config")
     return img, mask
 
 
 class Items:
-    """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``."""
+    """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``.
+
+    Images and masks are loaded separately, on their first use: a caller that only needs masks
+    (the controller once the latents are cached) never reads the images."""
 
     def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False, context: frozenset = frozenset()):
         self.cfg, self.rows, self.with_mask, self.context = cfg, list(rows), with_mask, frozenset(context)
-        shape = item_shape(cfg)
-        self.preload = len(self.rows) * int(np.prod(shape)) * 3 <= PRELOAD_BYTES
+        self.preload = len(self.rows) * int(np.prod(item_shape(cfg))) * 3 <= PRELOAD_BYTES
         self._img = self._mask = None
-        if self.preload and self.rows:
-            img = torch.empty((len(self.rows), 1, *shape), dtype=torch.float16)
-            mask = torch.zeros((len(self.rows), *shape), dtype=torch.uint8) if with_mask else None
-            for i, r in enumerate(self.rows):
-                a, m = load_item(cfg, r, with_mask, self.context)
-                img[i] = torch.from_numpy(a)
-                if mask is not None:
-                    mask[i] = torch.from_numpy(m.astype(np.uint8))
-            self._img, self._mask = img, mask
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _load_images(self) -> torch.Tensor:
+        if self._img is None:
+            img = torch.empty((len(self.rows), 1, *item_shape(self.cfg)), dtype=torch.float16)
+            for i, r in enumerate(self.rows):
+                img[i] = torch.from_numpy(load_item(self.cfg, r)[0])
+            self._img = img
+        return self._img
+
+    def _load_masks(self) -> torch.Tensor:
+        if self._mask is None:
+            mask = torch.zeros((len(self.rows), *item_shape(self.cfg)), dtype=torch.uint8)
+            for i, r in enumerate(self.rows):
+                mask[i] = torch.from_numpy(load_item(self.cfg, r, True, self.context, with_image=False)[1].astype(np.uint8))
+            self._mask = mask
+        return self._mask
+
     def images(self, idx) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-        if self._img is not None:
-            return self._img[idx].float()
+        if self.preload:
+            return self._load_images()[idx].float()
         return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i])[0]) for i in idx.tolist()])
 
     def masks(self, idx) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         if not self.with_mask:
             return torch.zeros((len(idx), *item_shape(self.cfg)), dtype=torch.long)
-        if self._mask is not None:
-            return self._mask[idx].long()
-        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context)[1]) for i in idx.tolist()])
+        if self.preload:
+            return self._load_masks()[idx].long()
+        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context, with_image=False)[1])
+                            for i in idx.tolist()])
 
 
 def target_items(cfg: Config, rows: list[dict]) -> Items:
