@@ -110,36 +110,29 @@ class Items:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _load_images(self) -> torch.Tensor:
-        if self._img is None:
-            img = torch.empty((len(self.rows), 1, *item_shape(self.cfg)), dtype=torch.float16)
-            for i, r in enumerate(self.rows):
-                img[i] = torch.from_numpy(load_item(self.cfg, r)[0])
-            self._img = img
-        return self._img
+    def _image(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_item(self.cfg, self.rows[i])[0])
 
-    def _load_masks(self) -> torch.Tensor:
-        if self._mask is None:
-            mask = torch.zeros((len(self.rows), *item_shape(self.cfg)), dtype=torch.uint8)
-            for i, r in enumerate(self.rows):
-                mask[i] = torch.from_numpy(load_item(self.cfg, r, True, self.context, with_image=False)[1].astype(np.uint8))
-            self._mask = mask
-        return self._mask
+    def _mask_of(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context, with_image=False)[1])
 
     def images(self, idx) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-        if self.preload:
-            return self._load_images()[idx].float()
-        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i])[0]) for i in idx.tolist()])
+        if not self.preload or not self.rows:
+            return torch.stack([self._image(i) for i in idx.tolist()])
+        if self._img is None:  # first use: every image, once
+            self._img = torch.stack([self._image(i).half() for i in range(len(self.rows))])
+        return self._img[idx].float()
 
     def masks(self, idx) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         if not self.with_mask:
             return torch.zeros((len(idx), *item_shape(self.cfg)), dtype=torch.long)
-        if self.preload:
-            return self._load_masks()[idx].long()
-        return torch.stack([torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context, with_image=False)[1])
-                            for i in idx.tolist()])
+        if not self.preload or not self.rows:
+            return torch.stack([self._mask_of(i) for i in idx.tolist()])
+        if self._mask is None:  # first use: every mask, once, without reading an image
+            self._mask = torch.stack([self._mask_of(i).to(torch.uint8) for i in range(len(self.rows))])
+        return self._mask[idx].long()
 
 
 def target_items(cfg: Config, rows: list[dict]) -> Items:
