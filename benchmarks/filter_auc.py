@@ -148,14 +148,14 @@ def warped(m, rng, amp=5.0):
 def load_run(folder: Path):
     """A finished run's real annotated target-modality items, as the run's stages see them."""
     from mrgen import config as C
-    from mrgen import pipeline
+    from mrgen.pairs import real_pairs
     from mrgen.curate.index import Index
 
     cfg = C.load_config(file=folder / "config.yaml", overrides=[f"run.workdir={folder}"])
     kind = "volume" if cfg.data.spatial_dims == 3 else "slice"
     rows = [r for r in Index(folder / "curated" / "index.parquet").query(kind=kind, modality=cfg.run.target_modality)
             if r["has_mask"]]
-    images, masks = pipeline._real_pairs(cfg, rows, keep_context=True)  # the filter scores context labels too
+    images, masks = real_pairs(cfg, rows, keep_context=True)  # the filter scores context labels too
     return [(r["id"], r["subject"], img, m)
             for r, img, m in zip(rows, images, masks) if m.any()]
 

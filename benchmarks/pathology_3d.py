@@ -35,7 +35,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=1000, help="phantom seed of the pathology cases")
     a = ap.parse_args(argv)
 
-    from mrgen import curate, phantom, pipeline
+    from mrgen import curate, phantom
+    from mrgen.curate.labels import n_classes
+    from mrgen.pairs import kept_arrays, real_pairs
     from mrgen.curate.index import Index
     from mrgen.evaluate import evaluate_segmenter
     from mrgen.roles import assign
@@ -59,9 +61,9 @@ def main(argv=None) -> dict:
 
     names = target_names(run / "curated")
     roles = assign(Index(run / "curated" / "index.parquet"), cfg)
-    oracle = pipeline._real_pairs(cfg, [r for r in roles.target if r["has_mask"]])
-    normal = pipeline._kept_pairs(cfg, kinds=("source", "generated"))
-    morphed = pipeline._kept_pairs(cfg, kinds=("morphed",))
+    oracle = real_pairs(cfg, [r for r in roles.target if r["has_mask"]])
+    normal = kept_arrays(cfg.workdir, kinds=("source", "generated"))
+    morphed = kept_arrays(cfg.workdir, kinds=("morphed",))
     if not morphed[0]:
         raise SystemExit(f"{run} kept no synthetic volumes rendered from morphed label maps; run with sample.masks including morphed")
     sets = {
@@ -70,7 +72,7 @@ def main(argv=None) -> dict:
         "oracle": oracle,
         "oracle_morphed": (oracle[0] + morphed[0], oracle[1] + morphed[1]),
     }
-    k = pipeline.n_classes(cfg)
+    k = n_classes(run / "curated")
     results = {"run": str(run), "pathology": {"subjects": a.subjects, "ventricle_scale": a.scale, "seed": a.seed,
                                                "volumes": len(patho_rows)}, "segmenters": {}}
     for name, (images, masks) in sets.items():

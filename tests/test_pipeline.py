@@ -19,7 +19,7 @@ def tiny_run(tmp_path_factory):
 def test_demo_writes_report_and_every_stage(tiny_run):
     wd, out = tiny_run
     assert "report:" in out and "Dice" in out
-    stages = json.loads((wd / "stages.json").read_text())
+    stages = json.loads((wd / "stages.json").read_text())["stages"]
     assert list(stages) == ["phantom", "curate", "autoencoder", "ldm", "controller", "synthesize", "filter", "export",
                             "segment", "evaluate"]
     report = (wd / "report.md").read_text()

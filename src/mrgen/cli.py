@@ -158,7 +158,7 @@ app.add_typer(evaluate_app, name="evaluate")
 _stage("morph", "mrgen.morph", doc=(
     "Edit label maps from a YAML recipe (dilate/erode/scale/remove/grow/remap, in mm, under constraints).\n\n"
     "Example: `mrgen morph morph.recipe=ventriculomegaly morph.inputs='labels/*.nii.gz'`"))
-_stage("run", "mrgen.pipeline", doc=(
+_stage("run", "mrgen.pipeline", fn="cli_run", doc=(
     "Run the whole chain, skipping stages whose outputs are current, and write a report.\n\n"
     "Example: `mrgen run --config examples/brats_flair_to_t1c.yaml`"))
 _stage("demo", "mrgen.pipeline", fn="demo", doc=(

@@ -150,6 +150,9 @@ class SampleCfg:
     candidates: int = 20  # per source mask
     batch_size: int = 20
     max_masks: int = 0  # 0 = all source masks with organs
+    # render the annotated source masks of these subjects instead of run.source_subjects' (e.g. masks held
+    # out from the engine's training, the in-domain benchmark); empty = the run's source masks
+    subjects: tuple = ()
     seed: int = 0
     shard: str = "0/1"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from mrgen.config import Config
 
@@ -22,15 +23,18 @@ from mrgen.config import Config
 class Roles:
     source: list = field(default_factory=list)
     target: list = field(default_factory=list)
-    test: list = field(default_factory=list)
+    # the test rows, or a function that finds them: stages that use no test row never read the test settings
+    _test: list | Callable = field(default_factory=list)
 
-    def summary(self) -> dict:
-        subj = lambda rows: len({(r["dataset"], r["subject"]) for r in rows})  # noqa: E731
-        return {
-            "source_items": len(self.source), "source_subjects": subj(self.source),
-            "target_items": len(self.target), "target_subjects": subj(self.target),
-            "test_items": len(self.test), "test_subjects": subj(self.test),
-        }
+    @property
+    def test(self) -> list:
+        if callable(self._test):
+            self._test = self._test()
+        return self._test
+
+    @test.setter
+    def test(self, rows: list) -> None:
+        self._test = rows
 
 
 def kind_of(cfg: Config) -> str:
@@ -54,7 +58,6 @@ def assign(index, cfg: Config) -> Roles:
 
     src = pick(r.source_modality, r.source_subjects, "train", r.source_datasets, has_mask=True)
     tgt = pick(r.target_modality, r.target_subjects, "train", r.target_datasets)
-    test = pick(r.target_modality, r.test_subjects, "test", r.target_datasets, has_mask=True)
     if not src:
         raise ValueError(
             f"no annotated {cfg.run.source_modality} rows in the train split; check run.source_modality and that the "
@@ -74,4 +77,4 @@ def assign(index, cfg: Config) -> Roles:
                 to_source, to_target = to_target, set()
             src = [r for r in src if key(r) not in to_target]
             tgt = [r for r in tgt if key(r) not in to_source]
-    return Roles(src, tgt, test)
+    return Roles(src, tgt, lambda: pick(r.target_modality, r.test_subjects, "test", r.target_datasets, has_mask=True))

@@ -27,7 +27,7 @@ def tiny_fold(tiny_index, tiny_config):
     Fold: source sub-0, sub-1 (T1, annotated); target sub-2 (T2); test sub-3 (T2, annotated).
     """
     from mrgen.bench import fold_roles
-    from mrgen.bench.methods import Ctx
+    from mrgen.bench.context import Ctx
     from mrgen.curate.index import Index
 
     tmp_path = tiny_index  # the root conftest's 4-subject, 4-slice, 16 px index

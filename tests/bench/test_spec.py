@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mrgen.bench import spec as S
+from mrgen.bench.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[2]
 BRATS = [f"brats_2013_pat000{i}_1" for i in range(1, 7)]
@@ -88,7 +89,7 @@ def test_overrides_and_errors(tmp_path):
     spec = S.load(path, [f"data_root={tmp_path}", "config.segment.train.steps=7", "methods.cyclegan={steps: 3}"])
     assert S.bench_config(spec, tmp_path).segment.train.steps == 7 and spec.methods["cyclegan"] == {"steps": 3}
     with pytest.raises(S.BenchError, match="unknown method"):
-        S.load(path, [f"data_root={tmp_path}", "methods.pix2pix={}"])
+        S.load(path, [f"data_root={tmp_path}", "methods.pix2pix={}"], METHODS)
     with pytest.raises(S.BenchError, match="unknown key"):
         S.load(path, [f"data_root={tmp_path}", "folds_=1"])
     with pytest.raises(S.BenchError, match="data folder not found"):

@@ -233,7 +233,7 @@ def test_frozen_text_cache_and_onehot(tiny_index, tiny_config):
 def test_mrgen_run_concat(tmp_path, dims):
     from mrgen.cli import app
     from mrgen.config import load_config
-    from mrgen.pipeline import _stages
+    from mrgen.contract import stages as _stages
     from mrgen.sample import load_candidates, regenerate
 
     over = ["controller.mode=concat", f"data.spatial_dims={dims}", "data.depth=8"]
@@ -244,7 +244,7 @@ def test_mrgen_run_concat(tmp_path, dims):
     res = CliRunner().invoke(app, ["run", "--preset", "tiny", "-w", str(tmp_path), *over])
     assert res.exit_code == 0, res.output + repr(res.exception)
     print(f"mrgen run concat {dims}D: {time.time() - t0:.1f} s")
-    stages = json.loads((tmp_path / "stages.json").read_text())
+    stages = json.loads((tmp_path / "stages.json").read_text())["stages"]
     assert "autoencoder" not in stages and "ldm" not in stages
     assert {"controller", "synthesize", "filter", "evaluate"} <= set(stages)
     assert not (tmp_path / "autoencoder").exists() and not (tmp_path / "ldm").exists()

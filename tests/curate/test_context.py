@@ -72,15 +72,14 @@ def test_context_is_merged_into_annotated_masks_only(tmp_path, make_cfg):
     assert context_values(cfg.workdir) == {5} and target_names(cfg.workdir) == LABELS
     assert n_labels(cfg.workdir) == 5 and n_classes(cfg.workdir) == 5
     from mrgen.autoencoder.data import n_labels as ae_n_labels
-    from mrgen.pipeline import n_classes as pipeline_n_classes
 
-    assert ae_n_labels(cfg) == 5 and pipeline_n_classes(cfg) == 5
+    assert ae_n_labels(cfg) == 5
 
 
 def test_segmenter_paths_strip_context(tmp_path, make_cfg):
     from mrgen.export import run_labels
     from mrgen.filter.stage import scored_mask
-    from mrgen.pipeline import _real_pairs
+    from mrgen.pairs import real_pairs as _real_pairs
     from mrgen.segment import _n_classes, load_rows
 
     cfg = curated(tmp_path, make_cfg)
@@ -243,7 +242,9 @@ def test_context_needs_an_annotated_series(tmp_path, make_cfg):
 def test_bench_methods_never_hand_context_to_the_segmenter(tmp_path, make_cfg):
     from mrgen.bench import _check_pairs, fold_roles
     from mrgen.bench import spec as S
-    from mrgen.bench.methods import METHODS, Ctx, load_pairs
+    from mrgen.bench.context import Ctx
+    from mrgen.bench.methods import METHODS
+    from mrgen.pairs import real_pairs as load_pairs
 
     cfg0 = curated(tmp_path, make_cfg, annotated=("T1", "T2"))
     fold = S.Fold(0, ("sub-01", "sub-02"), ("sub-03",), ("sub-04",))

@@ -57,7 +57,7 @@ def run3d(tmp_path_factory):
 
 def test_3d_run_has_every_stage_and_the_foscu_segmenter(run3d):
     wd, _ = run3d
-    stages = list(json.loads((wd / "stages.json").read_text()))
+    stages = list(json.loads((wd / "stages.json").read_text())["stages"])
     assert stages == ["phantom", "curate", "autoencoder", "ldm", "controller", "labelgen", "morph", "synthesize", "filter",
                       "export", "segment", "evaluate"]
     done = json.loads((wd / "segment" / ".done").read_text())

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from mrgen import io
 from mrgen.autoencoder.data import Items, augment, data_hash, kind_of, open_index
-from mrgen.config import Config, to_dict
+from mrgen.config import Config
+from mrgen.contract import config_of
 
 STAGE = "autoencoder"
 SCALE_ITEMS = 256
@@ -28,10 +29,6 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     mu, sigma = mu.float(), sigma.float()
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2).clamp_min(1e-12)) - 1)
     return kl.flatten(1).sum(1).mean()
-
-
-def stage_config(cfg: Config) -> dict:
-    return {"data": to_dict(cfg.data), "autoencoder": to_dict(cfg.autoencoder)}
 
 
 def train_rows(cfg: Config) -> list[dict]:
@@ -83,7 +80,7 @@ def run(cfg: Config) -> dict:
     def finalize(modules):
         return {"scale_factor": scale_factor(modules["autoencoder"], items, seed=tcfg.seed)}
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(rows, cfg), "n_items": len(rows),
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg), "n_items": len(rows),
             "modalities": sorted({r["modality"] for r in rows})}
     res = train.fit(STAGE, cfg.workdir / STAGE, {"autoencoder": ae}, ["autoencoder"], loss_fn, batch_fn, tcfg, meta,
                     preview_fn=preview_fn, finalize=finalize, device=cfg.run.device)

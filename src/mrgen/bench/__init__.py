@@ -23,8 +23,9 @@ import numpy as np
 from mrgen import config as C
 from mrgen import io
 from mrgen.bench import spec as S
-from mrgen.bench.compute import Meter, combine
-from mrgen.bench.methods import ENGINE_METHODS, METHODS, Ctx
+from mrgen.bench.context import Ctx
+from mrgen.bench.methods import ENGINE_METHODS, METHODS
+from mrgen.compute import Meter, combine
 
 __all__ = ["run", "fold_roles", "METHODS"]
 
@@ -127,7 +128,7 @@ def run_one(spec: S.Spec, base: C.Config, index, fold: S.Fold, method: str, labe
     """One (fold, method): pairs -> segmenter -> evaluation, each step cached by its stamp."""
     from mrgen.bench import evaluate as E
     from mrgen.curate.labels import context_values
-    from mrgen.pipeline import n_classes
+    from mrgen.curate.labels import n_classes
     from mrgen.segment import train_segmenter
 
     folder = base.workdir / "folds" / str(fold.index) / method
@@ -168,7 +169,7 @@ def run_one(spec: S.Spec, base: C.Config, index, fold: S.Fold, method: str, labe
             shutil.rmtree(seg)  # trained on other pairs/settings; its resume state would be wrong
         log(f"[bold]fold {fold.index} · {method}[/]: training the segmenter on {len(images)} pairs")
         with Meter() as m:
-            train_segmenter(images, masks, n_classes(cfg), cfg, seg, method)
+            train_segmenter(images, masks, n_classes(cfg.workdir / "curated"), cfg, seg, method)
         seg_info = {"stamp": train_stamp, "compute": m.result()}
         io.write_json(seg_meta, seg_info)
     del images, masks
@@ -213,7 +214,7 @@ def run(bench_yaml: str | Path, workdir: str | Path | None = None, overrides: li
     from mrgen.curate.index import Index
     from mrgen.curate.labels import target_names
 
-    spec = S.load(bench_yaml, overrides)
+    spec = S.load(bench_yaml, overrides, METHODS)
     wd = Path(workdir) if workdir else Path("runs") / "bench" / spec.name
     wd.mkdir(parents=True, exist_ok=True)
     S.write_manifest(spec, wd)

@@ -23,64 +23,12 @@ the context labels (one more intensity class, like SynthSeg's whole-brain label 
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from mrgen.config import Config
-
-
-@dataclass
-class Ctx:
-    cfg: Config  # the benchmark config for this fold (run.*_subjects set); cfg.workdir holds curated/
-    roles: object  # mrgen.roles.Roles after the fold's z ranges
-    out: Path  # this (fold, method) folder, for the method's own files
-    params: dict = field(default_factory=dict)
-    seed: int = 0
-    fold: object = None  # mrgen.bench.spec.Fold
-    spec: object = None  # mrgen.bench.spec.Spec (the mrgen* methods need it)
-    budget_cpu_min: float = 0.0
-    log: Callable = print
-    compute: dict = field(default_factory=dict)  # phases a method ran or reused, e.g. engine stages
-
-    @property
-    def root(self) -> Path:
-        return self.cfg.workdir / "curated"
-
-    def rng(self, salt: str = "") -> np.random.Generator:
-        return np.random.default_rng([int(self.seed), int(getattr(self.fold, "index", 0)), zlib.crc32(salt.encode())])
-
-    def source_pairs(self, keep_context: bool = False) -> tuple[list, list]:
-        return load_pairs(self.cfg, self.roles.source, keep_context)
-
-    def oracle_rows(self) -> list:
-        return [r for r in self.roles.target if r["has_mask"]]
-
-    def target_images(self) -> list:
-        """Unannotated target images (their masks, if any, are never read)."""
-        return load_images(self.cfg, self.roles.target)
-
-
-def load_images(cfg: Config, rows: list) -> list:
-    from mrgen.curate.dataset import load_image, resize_volume
-
-    out = []
-    for r in rows:
-        img = load_image(cfg.workdir / "curated", r)[0]
-        if cfg.data.spatial_dims == 3:
-            img = resize_volume(img, (cfg.data.depth, cfg.data.image_size, cfg.data.image_size), order=1)
-        out.append(np.asarray(img, np.float32))
-    return out
-
-
-def load_pairs(cfg: Config, rows: list, keep_context: bool = False) -> tuple[list, list]:
-    """Curated pairs of ``rows``; context labels -> background unless ``keep_context``."""
-    from mrgen.pipeline import _real_pairs
-
-    return _real_pairs(cfg, rows, keep_context)
+from mrgen.bench.context import Ctx
+from mrgen.pairs import real_pairs
 
 
 def volume_groups(rows: list) -> list[list[int]]:
@@ -112,7 +60,7 @@ def oracle(ctx: Ctx) -> tuple[list, list]:
     rows = ctx.oracle_rows()
     if not rows:
         raise ValueError("oracle: the fold's target rows have no masks; the oracle needs an annotated target series")
-    return load_pairs(ctx.cfg, rows)
+    return real_pairs(ctx.cfg, rows)
 
 
 def intensity_aug(ctx: Ctx) -> tuple[list, list]:

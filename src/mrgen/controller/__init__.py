@@ -25,23 +25,11 @@ from pathlib import Path
 import torch
 
 from mrgen.autoencoder.data import Items, data_hash, item_shape, n_labels, no_organ_prompt, open_index, target_items
-from mrgen.config import Config, to_dict
+from mrgen.config import Config
+from mrgen.contract import config_of
 from mrgen.prompts import EMPTY_PROMPT, build_prompt
 
 STAGE = "controller"
-
-
-def stage_config(cfg: Config) -> dict:
-    from mrgen.ldm import stage_config as ldm_config
-
-    if cfg.controller.mode == "concat":
-        from mrgen.controller import concat
-
-        return concat.stage_config(cfg)
-
-    run = {k: getattr(cfg.run, k) for k in ("source_modality", "target_modality", "source_datasets", "target_datasets",
-                                             "disjoint_subjects", "seed")}
-    return {**ldm_config(cfg), "controller": to_dict(cfg.controller), "run": run}
 
 
 def render_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
@@ -114,7 +102,7 @@ def run(cfg: Config) -> dict:
                             cfg.controller.conditioning_scale, 0.0)
         train.save_grid(path, [render_mask(masks, labels), src_items.images(torch.tensor(shown)), imgs])
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(src + tgt, cfg, ldm_meta.get("sha256", "")),
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(src + tgt, cfg, ldm_meta.get("sha256", "")),
             "mode": "controlnet", "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "scale_factor": scale,
             "ldm_sha256": ldm_meta.get("sha256", ""), "autoencoder_sha256": ae_meta.get("sha256", ""),
             "source_items": len(src), "target_items": len(tgt), "target_fraction": frac}

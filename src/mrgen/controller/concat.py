@@ -18,17 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mrgen.config import Config, to_dict
+from mrgen.config import Config
+from mrgen.contract import config_of
 
 STAGE = "controller"
-LDM_KEYS = ("num_res_blocks", "num_head_channels", "norm_num_groups", "prompt_dropout")  # what the pixel UNet reads
-
-
-def stage_config(cfg: Config) -> dict:
-    run = {k: getattr(cfg.run, k) for k in ("source_modality", "target_modality", "source_datasets", "target_datasets",
-                                             "disjoint_subjects", "seed")}
-    return {"data": to_dict(cfg.data), "controller": to_dict(cfg.controller), "ldm": {k: getattr(cfg.ldm, k) for k in LDM_KEYS},
-            "text": to_dict(cfg.text), "diffusion": to_dict(cfg.diffusion), "run": run}
 
 
 def run(cfg: Config) -> dict:
@@ -86,7 +79,7 @@ def run(cfg: Config) -> dict:
                             cfg.controller.conditioning_scale, 0.0)
         train.save_grid(path, [render_mask(masks, labels), src_items.images(torch.tensor(shown)), imgs])
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(src + tgt, cfg, "concat"), "mode": "concat",
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(src + tgt, cfg, "concat"), "mode": "concat",
             "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "in_channels": 1 + mask_channels(cfg, labels),
             "context_dim": text.dim, "text": text.meta(), "source_items": len(src), "target_items": len(tgt),
             "target_fraction": frac, "prompt_dropout": cfg.ldm.prompt_dropout}

@@ -12,7 +12,7 @@ from mrgen import io
 from mrgen.evaluate.metrics import dice_per_label, frechet_distance, hd95, kid, psnr, ssim
 from mrgen.evaluate.segmentation import evaluate_segmenter
 
-__all__ = ["run", "evaluate_segmenter", "image_quality", "features", "dice_per_label", "hd95", "psnr", "ssim",
+__all__ = ["run", "evaluate_run", "evaluate_segmenter", "image_quality", "features", "dice_per_label", "hd95", "psnr", "ssim",
            "frechet_distance", "kid", "label_names"]
 
 
@@ -35,30 +35,43 @@ def label_names(workdir) -> dict:
     return run_labels(workdir)
 
 
-def run(cfg) -> dict:
-    """Evaluate ``segment/<segment.name>`` (or, when absent, every trained segmenter of the run)
-    into ``eval/<name>/``, plus ``eval/image_quality.json``; writes ``eval/summary.json``."""
+def evaluate_run(cfg, names: list | None = None) -> dict:
+    """Evaluate the segmenters ``segment/<name>`` (default: every trained one) on the run's real target
+    test volumes into ``eval/<name>/``; ``eval/summary.json`` (merged with earlier entries unless every
+    segmenter is evaluated), ``eval/image_quality.json`` and ``report.md``. Returns the summary."""
     from mrgen.curate.index import Index
+    from mrgen.report import write_report
     from mrgen.roles import assign
 
     wd = cfg.workdir
     seg = wd / "segment"
-    folders = [seg / cfg.segment.name] if (seg / cfg.segment.name / "model.safetensors").exists() else \
-        sorted(f for f in seg.iterdir() if (f / "model.safetensors").exists()) if seg.exists() else []
-    if not folders:
-        raise FileNotFoundError(f"no trained segmenter under {seg}; run `mrgen segment train -w {wd}` first")
+    trained = sorted(f.name for f in seg.iterdir() if (f / "model.safetensors").exists()) if seg.exists() else []
+    todo = [n for n in (names or trained) if n in trained]
+    if not todo:
+        raise FileNotFoundError(f"no trained segmenter {names or ''} under {seg}; run `mrgen segment train -w {wd}` first")
     rows = assign(Index(wd / "curated" / "index.parquet"), cfg).test
     labels = label_names(wd)
-    summary = {}
-    for f in folders:
-        summary[f.name] = evaluate_segmenter(f, rows, wd / "curated", wd / "eval" / f.name, labels,
-                                             cfg.evaluate.hd_percentile, cfg.evaluate.overlays)
-    old = io.read_json(wd / "eval" / "summary.json") if (wd / "eval" / "summary.json").exists() else {}
-    io.write_json(wd / "eval" / "summary.json", {**old, **summary})
+    summary = {n: evaluate_segmenter(seg / n, rows, wd / "curated", wd / "eval" / n, labels,
+                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays) for n in todo}
+    path = wd / "eval" / "summary.json"
+    if names and path.exists():
+        summary = {**io.read_json(path), **summary}
+    io.write_json(path, summary)
     try:
-        iq = image_quality(cfg)
+        iq = image_quality(cfg)  # FD / KID of kept synthetic vs real target images (axial slices in 3D)
     except (FileNotFoundError, ValueError) as exc:
         iq = {"skipped": str(exc)}
+    io.write_json(wd / "eval" / "image_quality.json", iq)
+    write_report(cfg, summary, iq)
+    return summary
+
+
+def run(cfg) -> dict:
+    """``mrgen evaluate segmenter``: ``segment/<segment.name>`` when it exists, else every trained segmenter."""
+    wd = cfg.workdir
+    one = (wd / "segment" / cfg.segment.name / "model.safetensors").exists()
+    summary = evaluate_run(cfg, [cfg.segment.name] if one else None)
+    iq = io.read_json(wd / "eval" / "image_quality.json")
     out = {name: f"Dice {s['mean_dice']:.3f} ({s['volumes']} volumes) -> {wd / 'eval' / name}" for name, s in summary.items()}
     out["image_quality"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in iq.items() if k != "features"}
     return out

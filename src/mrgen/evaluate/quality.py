@@ -39,7 +39,7 @@ def image_quality(cfg, max_images: int | None = None) -> dict:
     """FD/KID (and paired PSNR/SSIM when possible) of kept synthetic vs real target images."""
     from mrgen.curate.dataset import load_image
     from mrgen.curate.index import Index
-    from mrgen.export import kept_pairs
+    from mrgen.pairs import kept_pairs
     from mrgen.roles import assign, kind_of
 
     wd = cfg.workdir

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mrgen import io
 from mrgen.export.nnunet import dataset_folder, export_pairs, from_uint8, label_map, read_dataset, to_uint8
 
-__all__ = ["run", "export_pairs", "read_dataset", "dataset_folder", "label_map", "to_uint8", "from_uint8", "kept_pairs",
-           "run_labels"]
+__all__ = ["run", "export_pairs", "read_dataset", "dataset_folder", "label_map", "to_uint8", "from_uint8", "run_labels"]
 
 
 def run_labels(workdir: str | Path) -> dict:
@@ -30,27 +28,9 @@ def run_labels(workdir: str | Path) -> dict:
     return target_names(Path(workdir) / "curated")
 
 
-def kept_pairs(workdir: str | Path):
-    """Yield ``(kept record, image [-1, 1], mask, provenance record)`` for every kept candidate."""
-    from mrgen.sample import load_candidates
-
-    wd = Path(workdir)
-    kept_file = wd / "filter" / "kept.json"
-    if not kept_file.exists():
-        raise FileNotFoundError(f"{kept_file} not found; run `mrgen filter -w {wd}` first")
-    kept = io.read_json(kept_file)
-    cache_key, cache = None, None
-    for item in kept["kept"]:
-        f = wd / "synth" / "candidates" / f"{item['key']}.npz"
-        if f != cache_key:
-            cache_key, cache = f, load_candidates(f)
-        c = int(item["candidate"])
-        meta = cache["meta"][c] if c < len(cache.get("meta", [])) else {}
-        yield item, cache["images"][c], cache["mask"], meta
-
-
 def run(cfg) -> dict:
     from mrgen.curate.labels import context_values
+    from mrgen.pairs import kept_pairs
 
     wd = cfg.workdir
     fmt = "nifti" if cfg.data.spatial_dims == 3 else cfg.export.format

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mrgen import io
-from mrgen.config import Config, to_dict
+from mrgen.config import Config
 
 STAGE = "labelgen"
 
@@ -157,12 +157,6 @@ def latent_shape(cfg: Config, n: int) -> tuple:
         raise ValueError(f"item shape {shape} is not divisible by the label autoencoder's factor {f} "
                          f"(len(labelgen.ae_channels) - 1 halvings); change labelgen.ae_channels or data.*")
     return (n, cfg.labelgen.latent_channels, *[s // f for s in shape])
-
-
-def stage_config(cfg: Config) -> dict:
-    run = {k: getattr(cfg.run, k) for k in ("source_modality", "target_modality", "source_subjects", "disjoint_subjects")}
-    return {"data": to_dict(cfg.data), "labelgen": to_dict(cfg.labelgen), "text": to_dict(cfg.text),
-            "diffusion": to_dict(cfg.diffusion), "kl_weight": cfg.autoencoder.kl_weight, "run": run}
 
 
 from mrgen.labelgen.stage import LabelGenerator, generate, load_labels, regenerate, run  # noqa: E402

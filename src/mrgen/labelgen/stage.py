@@ -10,8 +10,9 @@ import torch
 
 from mrgen import io
 from mrgen.config import Config
+from mrgen.contract import config_of
 from mrgen.labelgen import (STAGE, LabelItems, build_label_autoencoder, build_label_unet, decode_labels, encode_labels,
-                            label_prompt, latent_shape, recon_loss, stage_config, train_rows)
+                            label_prompt, latent_shape, recon_loss, train_rows)
 
 AE, LDM, LABELS = "autoencoder", "ldm", "labels"
 
@@ -61,7 +62,7 @@ def train_autoencoder(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     def finalize(modules):
         return {"scale_factor": scale_factor(modules["autoencoder"], items, seed=tcfg.seed)}
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(rows, cfg, "labels"), "n_labels": k, "encoding": enc,
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg, "labels"), "n_labels": k, "encoding": enc,
             "n_items": len(rows)}
     return train.fit(f"{STAGE}-autoencoder", _folder(cfg) / AE, {"autoencoder": ae}, ["autoencoder"], loss_fn, batch_fn,
                      tcfg, meta, preview_fn=preview_fn, finalize=finalize, device=cfg.run.device,
@@ -114,7 +115,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
         dev = next(unet.parameters()).device
         return diffusion_loss(unet, sched, z.to(dev), context(sel, dev))
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(rows, cfg, "labels", ae_meta.get("sha256", "")),
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg, "labels", ae_meta.get("sha256", "")),
             "scale_factor": scale, "context_dim": text.dim, "text": text.meta(), "n_labels": items.k,
             "autoencoder_sha256": ae_meta.get("sha256", ""), "prompts": bank[1:], "prompt_counts":
             {p: prompts.count(p) for p in bank[1:]}}

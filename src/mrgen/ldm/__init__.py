@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mrgen.autoencoder.data import Items, data_hash, kind_of, label_names, no_organ_prompt, open_index
-from mrgen.config import Config, to_dict
+from mrgen.config import Config
+from mrgen.contract import config_of
 from mrgen.prompts import EMPTY_PROMPT, build_prompt
 
 STAGE = "ldm"
@@ -140,12 +141,6 @@ def text_bank(cfg: Config, text, prompts: list[str], folder: Path | None = None)
     return keyed_cache(folder / TEXT_CACHE, tag, list(prompts), compute, cfg.run.device)["emb"]
 
 
-def stage_config(cfg: Config) -> dict:
-    run = {k: getattr(cfg.run, k) for k in ("source_modality", "target_modality", "disjoint_subjects")}
-    return {"data": to_dict(cfg.data), "autoencoder": to_dict(cfg.autoencoder), "ldm": to_dict(cfg.ldm),
-            "text": to_dict(cfg.text), "diffusion": to_dict(cfg.diffusion), "run": run}
-
-
 class Conditioner:
     """Prompt -> context for training: a lookup into a frozen bank, or the learned encoder (differentiable).
     ``folder`` holds the frozen bank's cache (:func:`text_bank`; default ``<workdir>/ldm``)."""
@@ -238,7 +233,7 @@ def run(cfg: Config) -> dict:
                      list(range(len(shown))), cfg.sample.guidance)
         train.save_grid(path, [decode(ae, lat, scale).clamp(-1, 1)])
 
-    meta = {"config": stage_config(cfg), "data_hash": data_hash(rows, cfg, ae_meta.get("sha256", "")),
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg, ae_meta.get("sha256", "")),
             "scale_factor": scale, "context_dim": text.dim, "text": text.meta(), "autoencoder_sha256": ae_meta.get("sha256", ""),
             "n_items": len(rows), "n_prompts": len(cond.prompts), "prompt_dropout": cfg.ldm.prompt_dropout,
             "preview_prompts": shown}

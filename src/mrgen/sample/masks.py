@@ -27,9 +27,14 @@ def mask_key(mask_id: str) -> str:
 
 
 def source_masks(index, cfg: Config) -> list[dict]:
-    """Source rows whose mask holds at least one organ, subsampled to ``sample.max_masks`` (seeded)."""
+    """Source rows whose mask holds at least one organ, subsampled to ``sample.max_masks`` (seeded); the
+    source rows of ``sample.subjects`` instead of ``run.source_subjects`` when it is set."""
+    import dataclasses
+
     from mrgen.roles import assign
 
+    if cfg.sample.subjects:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, source_subjects=tuple(cfg.sample.subjects)))
     rows = [r for r in assign(index, cfg).source if r["organs"]]
     rows.sort(key=lambda r: r["id"])
     if cfg.sample.max_masks and len(rows) > cfg.sample.max_masks:

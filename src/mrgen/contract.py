@@ -1,0 +1,186 @@
+"""The stage contract: what each stage of ``mrgen run`` reads, declared once.
+
+Every stage lists the config keys its outputs depend on (``reads``; a section name such as
+``"ldm"`` covers every key below it) and the stages whose artefacts it reads (``after``).
+Two things are derived from that one declaration and from nothing else:
+
+* the **stamp** of a stage (:func:`stamps`): a hash of the values of its reads plus the stamps
+  of the stages it reads from, so a change re-runs exactly the stages that read the changed key
+  and everything downstream of them. ``mrgen run`` and ``mrgen bench`` compare it with the stamp
+  recorded in ``<workdir>/stages.json`` (:mod:`mrgen.pipeline`).
+* the **training fingerprint** (:func:`config_of`): the config a checkpoint must match to be
+  resumed (``train.fit``'s ``meta["config"]``).
+
+Keys in :data:`NO_EFFECT` never change what a stage writes (where the run folder lives, the
+device, progress and checkpoint cadence), so no stamp holds them: a run folder that is moved
+re-runs nothing. Keys in :data:`RESUMABLE` (training length) change a training stage's stamp
+but not its *identity*: the stage re-runs and resumes from its checkpoint instead of starting
+afresh. This module imports no stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrgen import config as C
+from mrgen import io
+
+# The subjects and series that play source / target (mrgen.roles.assign) ...
+ROLES = ("run.source_modality", "run.target_modality", "run.source_datasets", "run.target_datasets",
+         "run.disjoint_subjects", "run.source_subjects", "run.target_subjects", "run.seed")
+# ... and the target-modality test volumes.
+TEST = ("run.target_modality", "run.target_datasets", "run.test_subjects")
+# Keys that change no output of any stage (fnmatch patterns over dotted keys).
+NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "*.train.ckpt_every",
+             "*.train.preview_every", "*.train.log_every", "*.train.num_workers", "labelgen.*_train.ckpt_every",
+             "labelgen.*_train.preview_every", "labelgen.*_train.log_every", "labelgen.*_train.num_workers")
+# Keys that lengthen training: a changed value re-runs the stage, which resumes from its checkpoint.
+RESUMABLE = ("*.train.steps", "labelgen.*_train.steps")
+LAYOUT = ("data.spatial_dims", "data.image_size", "data.depth")  # the item shape every model is built for
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    reads: tuple  # config keys (dotted) or sections whose values define the stage's outputs
+    after: tuple  # stages whose artefacts this stage reads
+    output: str  # a path (relative to the run folder) that exists once the stage is done
+    folder: str = ""  # the stage's own folder, moved aside when its identity changes
+    extra: tuple = ()  # inputs outside the config: ("manifest",) = the content of the curate manifest
+
+
+def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
+    """The stages ``mrgen run`` runs for ``cfg``, in data-flow order, each with what it reads
+    (``every``: also the optional stages the config leaves out, e.g. for a standalone ``mrgen labelgen``)."""
+    concat = cfg.controller.mode == "concat"  # Med-DDPM: a pixel-space renderer, no autoencoder / LDM
+    out = []
+    if not cfg.curate.manifest:
+        out.append(Stage("phantom", ("phantom",), (), "phantom/manifest.yaml"))
+    # a manifest of the user's: its content (not its path) is an input; the phantom's follows from phantom.*
+    out.append(Stage("curate", ("curate", "data.image_size"), () if cfg.curate.manifest else ("phantom",),
+                     "curated/index.parquet", extra=("manifest",) if cfg.curate.manifest else ()))
+    if not concat:
+        out += [
+            Stage("autoencoder", ("autoencoder",) + LAYOUT, ("curate",), "autoencoder/model.safetensors", "autoencoder"),
+            Stage("ldm", ("ldm", "text", "diffusion") + LAYOUT + ROLES, ("autoencoder",), "ldm/model.safetensors", "ldm"),
+            Stage("controller", _controller_reads() + LAYOUT + ROLES, ("ldm",), "controller/model.safetensors",
+                  "controller"),
+        ]
+    else:
+        pixel = ("ldm.num_res_blocks", "ldm.num_head_channels", "ldm.norm_num_groups", "ldm.prompt_dropout")
+        out.append(Stage("controller", _controller_reads() + pixel + ("text", "diffusion") + LAYOUT + ROLES,
+                         ("curate",), "controller/model.safetensors", "controller"))
+    renders = ["controller"]
+    if cfg.labelgen.enabled or every:  # Duo-Diffusion step 1: new label maps
+        out.append(Stage("labelgen", ("labelgen", "text", "diffusion", "autoencoder.kl_weight") + LAYOUT + ROLES,
+                         ("curate",), "labelgen/stats.json", "labelgen"))
+        renders.append("labelgen")
+    if "morphed" in cfg.sample.masks or every:  # pathology: the recipe applied to source or generated maps
+        base = "labelgen" if cfg.morph.apply_to == "generated" else "curate"
+        out.append(Stage("morph", ("morph", "sample.masks") + LAYOUT + ROLES, (base,), "morph/preview.png", "morph"))
+        renders.append("morph")
+    out += [
+        Stage("synthesize", ("sample", "controller.conditioning_scale") + LAYOUT + ROLES, tuple(renders),
+              "synth/provenance.jsonl", "synth"),
+        Stage("filter", ("filter", "run.seed"), ("synthesize",), "filter/kept.json", "filter"),
+        Stage("export", ("export", "data.spatial_dims", "run.source_modality", "run.target_modality"), ("filter",),
+              "nnunet", "nnunet"),
+        Stage("segment", ("segment", "run.baselines") + LAYOUT + ROLES, ("filter",), "segment/summary.json", "segment"),
+        Stage("evaluate", ("evaluate",) + LAYOUT + ROLES + TEST, ("segment",), "eval/summary.json", "eval"),
+    ]
+    return out
+
+
+def _controller_reads() -> tuple:
+    """Everything of ``controller`` but the sampler's residual scale, plus the prompt dropout it trains with."""
+    keys = [f"controller.{f.name}" for f in dataclasses.fields(C.ControllerCfg) if f.name != "conditioning_scale"]
+    return tuple(keys) + ("ldm.prompt_dropout",)
+
+
+def stage(cfg: C.Config, name: str) -> Stage:
+    for s in stages(cfg, every=True):
+        if s.name == name:
+            return s
+    raise KeyError(f"no stage '{name}' for this config; stages: {', '.join(s.name for s in stages(cfg))}")
+
+
+# ----------------------------------------------------------------------------- values of the declared keys
+
+
+def leaves(cfg) -> dict:
+    """Every leaf key of ``cfg`` (dotted) -> its value (tuples as lists)."""
+    out = {}
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, key)
+            else:
+                out[key] = C.to_dict(v) if isinstance(v, tuple) else v
+
+    walk(cfg, "")
+    return out
+
+
+def _matches(key: str, patterns) -> bool:
+    return any(key == p or key.startswith(p + ".") or fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def declared(cfg: C.Config, reads: tuple, drop: tuple = (), values: dict | None = None) -> dict:
+    """``{key: value}`` of the leaf keys under ``reads``, without :data:`NO_EFFECT` and ``drop`` keys
+    (``values``: :func:`leaves` of ``cfg``, when the caller has them already)."""
+    values = leaves(cfg) if values is None else values
+    return {k: v for k, v in sorted(values.items())
+            if _matches(k, reads) and not _matches(k, NO_EFFECT) and not _matches(k, drop)}
+
+
+def config_of(cfg: C.Config, name: str) -> dict:
+    """The training fingerprint's config of stage ``name``: its declared reads without the step counts
+    (training longer resumes a checkpoint)."""
+    return declared(cfg, stage(cfg, name).reads, RESUMABLE)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def manifest_hash(cfg: C.Config) -> str:
+    """Content hash of the curate manifest ``curate.manifest``."""
+    path = Path(cfg.curate.manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"curate.manifest {path} does not exist; give the path of your manifest (docs/curate.md)")
+    return io.file_hash(path)
+
+
+def stamps(cfg: C.Config) -> dict:
+    """``{stage: (stamp, identity)}`` for every stage of ``cfg``.
+
+    ``stamp``: the declared values (resumable step counts included), the extra inputs and the stamps
+    of the stages it reads from. ``identity``: the same without the step counts; a stage whose
+    identity changed starts afresh (its old folder is moved aside), one whose stamp alone changed
+    resumes.
+    """
+    out: dict = {}
+    values = leaves(cfg)
+    for s in stages(cfg):
+        up = [out[a][0] for a in s.after if a in out]
+        extra = [manifest_hash(cfg) if e == "manifest" else e for e in s.extra]
+        ident = _hash([declared(cfg, s.reads, RESUMABLE, values), extra, up])
+        out[s.name] = (_hash([declared(cfg, s.reads, (), values), extra, up]), ident)
+    return out
+
+
+def downstream(cfg: C.Config, names) -> set:
+    """``names`` and every stage that reads, directly or not, from one of them."""
+    hit = set(names)
+    for s in stages(cfg):
+        if hit & set(s.after):
+            hit.add(s.name)
+    return hit

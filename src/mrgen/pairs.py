@@ -1,0 +1,112 @@
+"""Training pairs for the segmenters: real curated pairs, the filter's kept synthetic pairs, random candidates.
+
+The one reader of ``filter/kept.json`` (written by :mod:`mrgen.filter.stage`; schema in
+``docs/artefacts.md``). Compatibility with older files lives here and nowhere else:
+``kept.json`` of schema 0 (before the ``{"schema", "kept": [...]}`` layout) was a plain list of
+``{key, candidate}`` records or a ``{key: [candidates]}`` mapping; both read as schema 1.
+
+Images are float32 in [-1, 1], ``(H, W)`` or ``(Z, H, W)`` as the curated items; masks int64. A
+mask's context labels (conditioning only, e.g. BraTS ``5: brain``) are background here unless a
+caller asks to keep them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mrgen import io
+from mrgen.config import Config
+
+KEPT = ("filter", "kept.json")
+KEPT_SCHEMA = 1
+
+
+def kept_file(workdir: str | Path) -> Path:
+    return Path(workdir).joinpath(*KEPT)
+
+
+def read_kept(workdir: str | Path) -> dict:
+    """``filter/kept.json`` as schema 1: ``{"schema", "kept": [{key, candidate, ...}], ...}``."""
+    path = kept_file(workdir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `mrgen filter -w {Path(workdir)}` first")
+    raw = io.read_json(path)
+    if isinstance(raw, dict) and "kept" in raw:
+        schema = int(raw.get("schema", KEPT_SCHEMA))
+        if schema > KEPT_SCHEMA:
+            raise ValueError(f"{path} has schema {schema}, newer than this mrgen reads ({KEPT_SCHEMA}); upgrade mrgen "
+                             f"or rerun `mrgen filter -w {Path(workdir)}`")
+        return raw
+    if isinstance(raw, dict):  # schema 0: {key: [candidates]}
+        records = [{"key": k, "candidate": int(c)} for k, cs in raw.items() for c in cs]
+    else:  # schema 0: [{key, candidate}]
+        records = [{"key": k["key"], "candidate": int(k["candidate"])} for k in raw]
+    return {"schema": KEPT_SCHEMA, "kept": records}
+
+
+def kept_pairs(workdir: str | Path) -> Iterator[tuple[dict, np.ndarray, np.ndarray, dict]]:
+    """Yield ``(kept record, image, mask with context labels, provenance record)`` per kept candidate."""
+    from mrgen.sample import load_candidates
+
+    wd = Path(workdir)
+    cache_key, cache = None, None
+    for item in read_kept(wd)["kept"]:
+        f = wd / "synth" / "candidates" / f"{item['key']}.npz"
+        if f != cache_key:
+            cache_key, cache = f, load_candidates(f)
+        c = int(item["candidate"])
+        meta = cache["meta"][c] if c < len(cache.get("meta", [])) else {}
+        yield item, cache["images"][c], cache["mask"], meta
+
+
+def kept_arrays(workdir: str | Path, kinds: tuple | None = None) -> tuple[list, list]:
+    """The kept synthetic pairs (of the mask ``kinds``, default all: source / generated / morphed);
+    context labels -> background."""
+    from mrgen.curate.labels import context_values, strip_context
+
+    drop = context_values(Path(workdir) / "curated")
+    images, masks = [], []
+    for _, image, mask, meta in kept_pairs(workdir):
+        if kinds is not None and meta.get("mask_kind", "source") not in kinds:
+            continue
+        images.append(np.asarray(image, np.float32))
+        masks.append(np.asarray(strip_context(mask, drop), np.int64))
+    return images, masks
+
+
+def random_candidates(workdir: str | Path, keep: int, rng: np.random.Generator) -> tuple[list, list]:
+    """``keep`` random candidates per synthesized mask (no autofilter); context labels -> background."""
+    from mrgen.curate.labels import context_values, strip_context
+    from mrgen.sample import load_candidates
+
+    drop = context_values(Path(workdir) / "curated")
+    images, masks = [], []
+    for f in sorted((Path(workdir) / "synth" / "candidates").glob("*.npz")):
+        c = load_candidates(f)
+        pick = rng.choice(len(c["images"]), size=min(keep, len(c["images"])), replace=False)
+        for i in sorted(int(x) for x in pick):
+            images.append(np.asarray(c["images"][i], np.float32))
+            masks.append(np.asarray(strip_context(c["mask"], drop), np.int64))
+    return images, masks
+
+
+def real_pairs(cfg: Config, rows: list[dict], keep_context: bool = False) -> tuple[list, list]:
+    """Curated (image, mask) pairs of ``rows`` at the item shape; context labels -> background unless
+    ``keep_context``."""
+    from mrgen.curate.dataset import load_image, load_mask, resize_volume
+    from mrgen.curate.labels import context_values, strip_context
+
+    root = cfg.workdir / "curated"
+    drop = set() if keep_context else context_values(root)
+    images, masks = [], []
+    for r in rows:
+        img, m = load_image(root, r)[0], load_mask(root, r)
+        if cfg.data.spatial_dims == 3:
+            shape = (cfg.data.depth, cfg.data.image_size, cfg.data.image_size)
+            img, m = resize_volume(img, shape, order=1), resize_volume(m, shape, order=0)
+        images.append(np.asarray(img, np.float32))
+        masks.append(np.asarray(strip_context(m, drop), np.int64))
+    return images, masks
