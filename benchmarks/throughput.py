@@ -48,7 +48,7 @@ def main() -> None:
     from mrgen.config import load_config
     from mrgen.diffusion import decode, make_ddim, make_train_scheduler, sample
     from mrgen.ldm import diffusion_loss
-    from mrgen.nets import build_autoencoder, build_unet, latent_shape
+    from mrgen.nets import UNetDenoiser, build_autoencoder, build_unet, latent_shape
     from mrgen.train import make_accelerator, seed_all
 
     cfg = load_config(args.preset)
@@ -98,7 +98,7 @@ def main() -> None:
                         with torch.no_grad():
                             mu, sigma = ae.encode(imgs)
                             z = (mu + sigma * torch.randn_like(sigma)).float()
-                    loss = diffusion_loss(unet, sched, z, ctx)
+                    loss = diffusion_loss(UNetDenoiser(unet), sched, z, ctx)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -113,7 +113,7 @@ def main() -> None:
     ddim = make_ddim(cfg.diffusion, args.sample_steps)
     c, u = torch.randn(n, ctx_len, ctx_dim), torch.randn(1, ctx_len, ctx_dim)
     t0 = time.perf_counter()
-    out = decode(ae, sample(unet, ddim, c, u, latent_shape(cfg, n), list(range(n)), guidance=7.0), 1.0)
+    out = decode(ae, sample(UNetDenoiser(unet), ddim, c, u, latent_shape(cfg, n), list(range(n)), guidance=7.0), 1.0)
     sec = time.perf_counter() - t0
     assert out.shape == (n, 1, size, size)
     results["settings"][f"sample {args.sample_steps} DDIM steps, CFG 7, batch {n}, fp32"] = {

@@ -119,7 +119,7 @@ class ControllerCfg:
     conditioning_channels: tuple = (16, 32, 96)  # learnable mask downsampling module
     target_fraction: float = 0.5  # share of unannotated target items per batch (empty or context-only mask)
     target_context: bool = True  # target items carry their context labels (brain outline), never segmentation labels
-    conditioning_scale: float = 1.0
+    conditioning_scale: float = 1.0  # rendering: ControlNet residuals x this (trained at 1); controlnet mode only
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=2000, lr=2e-4, batch_size=32))
 
 
@@ -363,6 +363,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"controller.mask_encoding must be 'merged' or 'onehot', got '{cfg.controller.mask_encoding}'")
     if cfg.controller.mode not in ("controlnet", "concat"):
         raise ConfigError(f"controller.mode must be 'controlnet' (mask controller on the LDM) or 'concat' (Med-DDPM), got '{cfg.controller.mode}'")
+    if cfg.controller.mode == "concat" and cfg.controller.conditioning_scale != 1.0:
+        raise ConfigError(f"controller.conditioning_scale={cfg.controller.conditioning_scale} scales ControlNet residuals, which "
+                          "controller.mode=concat (Med-DDPM) does not have; leave it at 1.0 or use controller.mode=controlnet")
     if cfg.labelgen.encoding not in ("onehot", "bits"):
         raise ConfigError(f"labelgen.encoding must be 'onehot' or 'bits', got '{cfg.labelgen.encoding}'")
     bad = sorted(set(cfg.sample.masks) - {"source", "generated", "morphed"})

@@ -34,11 +34,9 @@ def test_pixel_unet_input_channels(make_cfg, spatial_dims, enc, n_labels, want):
     unet = nets.build_pixel_unet(cfg, DIM, n_labels)
     assert want == 1 + nets.mask_channels(cfg, n_labels)
     assert unet.conv_in.conv.in_channels == want and unet.out_channels == 1
-    assert nets.is_concat(unet) and unet.cond_channels == want - 1
+    assert nets.ConcatUNet(unet, want - 1).cond_channels == want - 1
     assert unet.conv_in.conv.weight.ndim == 2 + spatial_dims
-    assert not nets.is_concat(nets.build_unet(cfg, DIM))
-    with pytest.raises(nets.ControllerInitError, match="concat"):
-        nets.build_controller(cfg, unet, n_labels)
+    assert not hasattr(unet, "concat_cond")  # no tag: the ConcatUNet wrapper says what it is
 
 
 def test_pixel_unet_size_checks(make_cfg):
@@ -60,34 +58,16 @@ def pixel(make_cfg, spatial_dims, rand):
     ctx = torch.randn(3, cfg.text.max_length, DIM, generator=g)
     unc = torch.randn(1, cfg.text.max_length, DIM, generator=g)
     cond = nets.encode_mask(torch.randint(0, 5, (3, *_size(cfg)), generator=g), "merged", 4)
-    return cfg, unet, ctx, unc, cond
+    return cfg, nets.ConcatUNet(unet, 1), ctx, unc, cond
 
 
-def test_controlled_eps_concatenates(pixel):
-    cfg, unet, ctx, _, cond = pixel
-    x = torch.randn(3, 1, *_size(cfg))
-    t = torch.tensor([1, 300, 900])
-    with torch.no_grad():
-        got = nets.controlled_eps(unet, None, x, t, ctx, cond, scale=0.3)  # scale: ignored
-        ref = unet(x=torch.cat([x, cond], 1), timesteps=t, context=ctx)
-        other = nets.controlled_eps(unet, None, x, t, ctx, torch.zeros_like(cond))
-    assert got.shape == x.shape and float(got.abs().max()) > 0
-    assert torch.equal(got, ref)
-    assert not torch.allclose(got, other)  # the mask is read
-    with pytest.raises(ValueError, match="concat"):
-        nets.controlled_eps(unet, None, x, t, ctx, None)
-    with pytest.raises(ValueError, match="concat"):
-        nets.controlled_eps(unet, torch.nn.Identity(), x, t, ctx, cond)
-    with pytest.raises(ValueError, match="must match"):
-        nets.controlled_eps(unet, None, x, t, ctx, cond[..., :8])
+def _run(cfg, den, ctx, unc, cond, seeds, **kw):
+    return sample(den, make_ddim(cfg.diffusion, 3), ctx, unc, (len(seeds), 1, *_size(cfg)), seeds, cond=cond, **kw)
 
 
-def _run(cfg, unet, ctx, unc, cond, seeds, **kw):
-    return sample(unet, make_ddim(cfg.diffusion, 3), ctx, unc, (len(seeds), 1, *_size(cfg)), seeds, cond=cond, **kw)
-
-
-def _manual(cfg, unet, ctx, unc, cond, seeds, w):
+def _manual(cfg, den, ctx, unc, cond, seeds, w):
     """Reference: separate cond / uncond passes through unet(cat[x, mask]), same mask for both."""
+    unet = den.unet
     sched = make_ddim(cfg.diffusion, 3)
     x = torch.stack([torch.randn((1, *_size(cfg)), generator=torch.Generator().manual_seed(s)) for s in seeds])
     with torch.no_grad():
@@ -103,40 +83,44 @@ def _manual(cfg, unet, ctx, unc, cond, seeds, w):
 
 
 def test_sample_matches_reference_loops(pixel):
-    cfg, unet, ctx, unc, cond = pixel
-    got = _run(cfg, unet, ctx, unc, cond, [4, 5, 6], guidance=1.0)
+    cfg, den, ctx, unc, cond = pixel
+    got = _run(cfg, den, ctx, unc, cond, [4, 5, 6], guidance=1.0)
     assert got.shape == (3, 1, *_size(cfg)) and torch.isfinite(got).all()
-    assert torch.equal(got, _manual(cfg, unet, ctx, unc, cond, [4, 5, 6], 1.0))
-    assert torch.equal(got, _run(cfg, unet, ctx, None, cond, [4, 5, 6], guidance=1.0))  # no uncond pass
-    cfg4 = _run(cfg, unet, ctx, unc, cond, [4, 5, 6], guidance=4.0)
+    assert torch.equal(got, _manual(cfg, den, ctx, unc, cond, [4, 5, 6], 1.0))
+    assert torch.equal(got, _run(cfg, den, ctx, None, cond, [4, 5, 6], guidance=1.0))  # no uncond pass
+    cfg4 = _run(cfg, den, ctx, unc, cond, [4, 5, 6], guidance=4.0)
     # batched (cond + uncond in one pass) vs separate passes: float32 kernels differ with the thread count (~1.5e-5 at
     # OMP_NUM_THREADS=1), and guidance 4 amplifies that; far below the guided-vs-unguided difference asserted next
-    torch.testing.assert_close(cfg4, _manual(cfg, unet, ctx, unc, cond, [4, 5, 6], 4.0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cfg4, _manual(cfg, den, ctx, unc, cond, [4, 5, 6], 4.0), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(cfg4, got)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_sample_independent_of_batch(pixel, eta):
-    cfg, unet, ctx, unc, cond = pixel
-    batch = _run(cfg, unet, ctx, unc, cond, [11, 12, 13], guidance=3.0, eta=eta)
-    alone = _run(cfg, unet, ctx[1:2], unc, cond[1:2], [12], guidance=3.0, eta=eta)
+    cfg, den, ctx, unc, cond = pixel
+    batch = _run(cfg, den, ctx, unc, cond, [11, 12, 13], guidance=3.0, eta=eta)
+    alone = _run(cfg, den, ctx[1:2], unc, cond[1:2], [12], guidance=3.0, eta=eta)
     torch.testing.assert_close(batch[1:2], alone, atol=1e-4, rtol=1e-4)  # batch-size kernel differences only
-    other = _run(cfg, unet, ctx[1:2], unc, cond[1:2], [99], guidance=3.0, eta=eta)
+    other = _run(cfg, den, ctx[1:2], unc, cond[1:2], [99], guidance=3.0, eta=eta)
     assert not torch.allclose(alone, other)
 
 
-def test_sample_validation(pixel, make_cfg, spatial_dims):
-    cfg, unet, ctx, unc, cond = pixel
-    with pytest.raises(ValueError, match="concat"):
-        _run(cfg, unet, ctx, unc, None, [1, 2, 3])
-    with pytest.raises(ValueError, match="concat"):
-        sample(unet, make_ddim(cfg.diffusion, 3), ctx, unc, (3, 1, *_size(cfg)), [1, 2, 3], controller=torch.nn.Identity(),
-               cond=cond)
+def test_sample_validation(pixel):
+    cfg, den, ctx, unc, cond = pixel
+    with pytest.raises(ValueError, match="give cond"):
+        _run(cfg, den, ctx, unc, None, [1, 2, 3])
     with pytest.raises(ValueError, match="cond must be"):
-        _run(cfg, unet, ctx, unc, torch.cat([cond, cond], 1), [1, 2, 3])
-    latent = nets.build_unet(cfg, DIM).eval()  # cond without a controller: only for a concat UNet
-    with pytest.raises(ValueError, match="controller and cond"):
-        sample(latent, make_ddim(cfg.diffusion, 3), ctx, unc, nets.latent_shape(cfg, 3), [1, 2, 3], cond=cond)
+        _run(cfg, den, ctx, unc, torch.cat([cond, cond], 1), [1, 2, 3])
+    with pytest.raises(ValueError, match="cond must be"):  # latent-size noise for a pixel-space denoiser
+        sample(den, make_ddim(cfg.diffusion, 3), ctx, unc, (3, 1, *[s // 2 for s in _size(cfg)]), [1, 2, 3], cond=cond)
+
+
+def test_concat_mode_rejects_a_conditioning_scale(make_cfg):
+    from mrgen.config import ConfigError
+
+    with pytest.raises(ConfigError, match="conditioning_scale=0.5.*concat"):
+        _cfg(make_cfg, 2, "controller.conditioning_scale=0.5")
+    assert make_cfg(2, "controller.conditioning_scale=0.5").controller.conditioning_scale == 0.5  # controlnet: allowed
 
 
 # ----------------------------------------------------------------------------- training + generator
@@ -171,11 +155,12 @@ def test_train_load_generate(tiny_index, tiny_config, spatial_dims):
     assert (out / "previews" / "step_0000004.png").exists()
 
     gen = controller.load_generator(tiny_index, cfg)
-    assert gen.mode == "concat" and gen.autoencoder is None and gen.controller is None
+    assert isinstance(gen, controller.PixelRenderer) and gen.mode == "concat" and gen.conditioning_scale is None
+    assert isinstance(gen.denoiser, nets.ConcatUNet) and gen.denoiser.cond_channels == 1
     assert gen.hashes == {"controller": meta["sha256"], "text": tmeta["sha256"]}
     masks = _masks(cfg, 3)
     prompt = "T2 MRI; fat high signal; upper abdomen; liver"
-    imgs = gen.generate(masks, [prompt] * 3, [5, 6, 5], guidance=2.0, steps=3, cond_scale=1.0, eta=0.0)
+    imgs = gen.generate(masks, [prompt] * 3, [5, 6, 5], guidance=2.0, steps=3, eta=0.0)
     assert imgs.shape == (3, 1, *_size(cfg)) and imgs.dtype == torch.float32 and imgs.device.type == "cpu"
     assert float(imgs.min()) >= -1 and float(imgs.max()) <= 1 and torch.isfinite(imgs).all()
     again = gen.generate(masks, [prompt] * 3, [5, 6, 5], guidance=2.0, steps=3)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from mrgen import autoencoder, controller, ldm
+from mrgen import autoencoder, controller, ldm, nets
 
 
 def test_controller_run_and_generate(tiny_index, tiny_config):
@@ -28,22 +28,30 @@ def test_controller_run_and_generate(tiny_index, tiny_config):
     assert all(not k.startswith("up_blocks.") for k in meta["tensors"])
 
     gen = controller.load_generator(tiny_index, cfg)
+    assert isinstance(gen, controller.LatentRenderer) and gen.mode == "controlnet"
+    assert isinstance(gen.denoiser, nets.ControlledUNet) and gen.conditioning_scale == cfg.controller.conditioning_scale == 1.0
     assert set(gen.hashes) == {"autoencoder", "ldm", "controller", "text"}
     assert gen.n_labels == 2 and gen.scale_factor > 0
     masks = torch.zeros(3, 16, 16, dtype=torch.long)
     masks[:, 4:10, 4:10] = 1
     masks[1, 11:14, 11:14] = 2
     prompt = "T2 MRI; fat high signal; upper abdomen; liver"
-    imgs = gen.generate(masks, [prompt] * 3, [5, 6, 5], guidance=2.0, steps=3, cond_scale=1.0, eta=0.0)
+    imgs = gen.generate(masks, [prompt] * 3, [5, 6, 5], guidance=2.0, steps=3, eta=0.0)
     assert imgs.shape == (3, 1, 16, 16) and imgs.dtype == torch.float32
     assert float(imgs.min()) >= -1 and float(imgs.max()) <= 1 and torch.isfinite(imgs).all()
-    again = gen.generate(masks[2:], [prompt], [5], guidance=2.0, steps=3, cond_scale=1.0, eta=0.0)
+    again = gen.generate(masks[2:], [prompt], [5], guidance=2.0, steps=3, eta=0.0)
     assert torch.allclose(again[0], imgs[0], atol=1e-4)  # the seed, not the batch, decides the sample
     assert torch.allclose(again[0], imgs[2], atol=1e-4)
+    # controller.conditioning_scale is fixed when the renderer is loaded
+    half = controller.load_generator(tiny_index, tiny_config(tiny_index, "controller.conditioning_scale=0.5"))
+    assert half.conditioning_scale == 0.5 and half.denoiser.controller is not gen.denoiser.controller
+    h = half.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3)
+    full = gen.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3)
+    assert not torch.allclose(h, full, atol=1e-5, rtol=0)  # ~1e-4 after 4 training steps; same batch: no kernel noise
     # eta > 0 draws per-sample noise, still seeded
-    e1 = gen.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3, cond_scale=0.5, eta=1.0)
-    e2 = gen.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3, cond_scale=0.5, eta=1.0)
-    assert torch.equal(e1, e2)
+    e1 = half.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3, eta=1.0)
+    e2 = half.generate(masks[:1], [prompt], [1], guidance=1.0, steps=3, eta=1.0)
+    assert torch.equal(e1, e2) and not torch.equal(e1, h)
 
 
 def test_onehot_encoding_and_rerun_skips(tiny_index, tiny_config):

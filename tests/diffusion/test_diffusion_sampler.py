@@ -18,81 +18,111 @@ def models(make_cfg, spatial_dims, rand):
     unc = torch.randn(1, cfg.text.max_length, DIM, generator=g)
     size = (16,) * spatial_dims
     cond = nets.encode_mask(torch.randint(0, 5, (3, *size), generator=g), "merged", 4)
-    return cfg, unet, ctrl, ctx, unc, cond
+    return cfg, nets.ControlledUNet(unet, ctrl), ctx, unc, cond
 
 
-def _run(cfg, unet, ctx, unc, seeds, **kw):
-    return sample(unet, make_ddim(cfg.diffusion, 3), ctx, unc, latent_shape(cfg, len(seeds)), seeds, **kw)
+def _run(cfg, den, ctx, unc, seeds, **kw):
+    return sample(den, make_ddim(cfg.diffusion, 3), ctx, unc, latent_shape(cfg, len(seeds)), seeds, **kw)
 
 
 def test_shapes_and_determinism(models):
-    cfg, unet, ctrl, ctx, unc, cond = models
-    a = _run(cfg, unet, ctx, unc, [1, 2, 3], guidance=2.0, controller=ctrl, cond=cond)
-    b = _run(cfg, unet, ctx, unc, [1, 2, 3], guidance=2.0, controller=ctrl, cond=cond)
+    cfg, den, ctx, unc, cond = models
+    a = _run(cfg, den, ctx, unc, [1, 2, 3], guidance=2.0, cond=cond)
+    b = _run(cfg, den, ctx, unc, [1, 2, 3], guidance=2.0, cond=cond)
     assert a.shape == latent_shape(cfg, 3) and a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.equal(a, b)
-    c = _run(cfg, unet, ctx, unc, [9, 2, 3], guidance=2.0, controller=ctrl, cond=cond)
+    c = _run(cfg, den, ctx, unc, [9, 2, 3], guidance=2.0, cond=cond)
     assert not torch.allclose(a[0], c[0]) and torch.allclose(a[1:], c[1:], atol=1e-4)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_sample_independent_of_batch(models, eta):
-    cfg, unet, ctrl, ctx, unc, cond = models
-    batch = _run(cfg, unet, ctx, unc, [11, 12, 13], guidance=3.0, controller=ctrl, cond=cond, eta=eta)
-    alone = _run(cfg, unet, ctx[1:2], unc, [12], guidance=3.0, controller=ctrl, cond=cond[1:2], eta=eta)
+    cfg, den, ctx, unc, cond = models
+    batch = _run(cfg, den, ctx, unc, [11, 12, 13], guidance=3.0, cond=cond, eta=eta)
+    alone = _run(cfg, den, ctx[1:2], unc, [12], guidance=3.0, cond=cond[1:2], eta=eta)
     torch.testing.assert_close(batch[1:2], alone, atol=1e-4, rtol=1e-4)  # batch-size kernel differences only
     if eta > 0:  # the η noise is live and also seeded
-        det = _run(cfg, unet, ctx[1:2], unc, [12], guidance=3.0, controller=ctrl, cond=cond[1:2], eta=0.0)
+        det = _run(cfg, den, ctx[1:2], unc, [12], guidance=3.0, cond=cond[1:2], eta=0.0)
         assert not torch.allclose(alone, det)
 
 
-def _manual(cfg, unet, ctrl, ctx, unc, cond, seeds, w):
-    """Reference loop: separate cond / uncond passes, no batching tricks."""
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_text_only_independent_of_batch(models, eta):
+    cfg, den, ctx, unc, _ = models
+    plain = nets.UNetDenoiser(den.unet)
+    batch = _run(cfg, plain, ctx, unc, [11, 12, 13], guidance=3.0, eta=eta)
+    alone = _run(cfg, plain, ctx[2:3], unc, [13], guidance=3.0, eta=eta)
+    torch.testing.assert_close(batch[2:3], alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batch[0], batch[2])
+
+
+def _manual(cfg, den, ctx, unc, cond, seeds, w):
+    """Reference loop: separate cond / uncond passes through the UNet + controller by hand, no batching tricks."""
     sched = make_ddim(cfg.diffusion, 3)
     x = torch.stack([torch.randn(latent_shape(cfg, 1)[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+    def eps(c):
+        down, mid = den.controller(x=x, timesteps=tt, controlnet_cond=cond, context=c)
+        return den.unet(x=x, timesteps=tt, context=c, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
     with torch.no_grad():
         for t in sched.timesteps:
             tt = torch.full((len(seeds),), int(t))
-            e_c = nets.controlled_eps(unet, ctrl, x, tt, ctx, cond)
+            e_c = eps(ctx)
             if w == 1.0:
-                eps = e_c
+                e = e_c
             else:
-                e_u = nets.controlled_eps(unet, ctrl, x, tt, unc.expand(len(seeds), -1, -1), cond)
-                eps = e_u + w * (e_c - e_u)
-            x, _ = sched.step(eps, int(t), x)
+                e_u = eps(unc.expand(len(seeds), -1, -1))
+                e = e_u + w * (e_c - e_u)
+            x, _ = sched.step(e, int(t), x)
     return x
 
 
 def test_guidance_one_is_conditional_only(models):
-    cfg, unet, ctrl, ctx, unc, cond = models
-    got = _run(cfg, unet, ctx, unc, [4, 5, 6], guidance=1.0, controller=ctrl, cond=cond)
-    ref = _manual(cfg, unet, ctrl, ctx, unc, cond, [4, 5, 6], 1.0)
+    cfg, den, ctx, unc, cond = models
+    got = _run(cfg, den, ctx, unc, [4, 5, 6], guidance=1.0, cond=cond)
+    ref = _manual(cfg, den, ctx, unc, cond, [4, 5, 6], 1.0)
     assert torch.equal(got, ref)
-    no_unc = _run(cfg, unet, ctx, None, [4, 5, 6], guidance=1.0, controller=ctrl, cond=cond)
+    no_unc = _run(cfg, den, ctx, None, [4, 5, 6], guidance=1.0, cond=cond)
     assert torch.equal(got, no_unc)  # uncond pass skipped entirely
 
 
 def test_guidance_matches_reference_loop(models):
-    cfg, unet, ctrl, ctx, unc, cond = models
-    got = _run(cfg, unet, ctx, unc, [4, 5, 6], guidance=4.0, controller=ctrl, cond=cond)
-    ref = _manual(cfg, unet, ctrl, ctx, unc, cond, [4, 5, 6], 4.0)
+    cfg, den, ctx, unc, cond = models
+    got = _run(cfg, den, ctx, unc, [4, 5, 6], guidance=4.0, cond=cond)
+    ref = _manual(cfg, den, ctx, unc, cond, [4, 5, 6], 4.0)
     # batched cond + uncond vs separate passes: float32 kernels differ by ~1e-5 with batch size and thread count,
     # amplified by the guidance; a wrong guidance rule differs by O(1)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
-    w1 = _run(cfg, unet, ctx, unc, [4, 5, 6], guidance=1.0, controller=ctrl, cond=cond)
+    w1 = _run(cfg, den, ctx, unc, [4, 5, 6], guidance=1.0, cond=cond)
     assert not torch.allclose(got, w1)  # guidance does something
 
 
+def test_the_denoiser_carries_the_conditioning_scale(models):
+    cfg, den, ctx, unc, cond = models
+    off = _run(cfg, nets.ControlledUNet(den.unet, den.controller, 0.0), ctx, unc, [4, 5, 6], guidance=2.0, cond=cond)
+    plain = _run(cfg, nets.UNetDenoiser(den.unet), ctx, unc, [4, 5, 6], guidance=2.0)
+    assert torch.equal(off, plain)  # scale 0: exactly the text-only LDM
+    assert not torch.allclose(_run(cfg, den, ctx, unc, [4, 5, 6], guidance=2.0, cond=cond), plain, atol=1e-4)
+
+
 def test_text_only_and_errors(models):
-    cfg, unet, ctrl, ctx, unc, cond = models
-    out = _run(cfg, unet, ctx[:1], unc, [1, 2], guidance=2.0)  # (1, L, dim) context broadcast
+    cfg, den, ctx, unc, cond = models
+    out = _run(cfg, den.unet, ctx[:1], unc, [1, 2], guidance=2.0)  # bare UNet = UNetDenoiser; (1, L, dim) broadcast
     assert out.shape == latent_shape(cfg, 2)
+    assert torch.equal(out, _run(cfg, nets.UNetDenoiser(den.unet), ctx[:1], unc, [1, 2], guidance=2.0))
     with pytest.raises(ValueError, match="uncond_context"):
-        _run(cfg, unet, ctx, None, [1, 2, 3], guidance=2.0)
-    with pytest.raises(ValueError, match="controller and cond"):
-        _run(cfg, unet, ctx, unc, [1, 2, 3], controller=ctrl)
+        _run(cfg, den, ctx, None, [1, 2, 3], guidance=2.0, cond=cond)
+    with pytest.raises(ValueError, match="needs cond"):
+        _run(cfg, den, ctx, unc, [1, 2, 3])
+    with pytest.raises(ValueError, match="no mask input"):
+        _run(cfg, nets.UNetDenoiser(den.unet), ctx, unc, [1, 2, 3], cond=cond)
+    with pytest.raises(ValueError, match="cond has batch 2"):
+        _run(cfg, den, ctx, unc, [1, 2, 3], cond=cond[:2])
+    with pytest.raises(TypeError, match="denoiser"):
+        _run(cfg, den.controller, ctx, unc, [1, 2, 3], cond=cond)
     with pytest.raises(ValueError, match="noise_shape"):
-        sample(unet, make_ddim(cfg.diffusion, 3), ctx, unc, latent_shape(cfg, 2), [1, 2, 3])
+        sample(den, make_ddim(cfg.diffusion, 3), ctx, unc, latent_shape(cfg, 2), [1, 2, 3], cond=cond)
 
 
 def test_decode(models):

@@ -54,10 +54,14 @@ def test_conditioner_dropout_and_bank(tiny_index, tiny_config):
     text = get_text_encoder(cfg.text)
     cond = ldm.Conditioner(cfg, text, ["b", "a", "b"])
     assert cond.prompts == ["", "a", "b"] and cond.bank is None
+    assert cond.ids(["b", "a", ""]).tolist() == [2, 1, 0]
     torch.manual_seed(0)
-    ids = cond.ids(["a"] * 1000, 0.1)
+    ids = ldm.drop_prompts(cond.ids(["a"] * 1000), 0.1)
     assert 60 < int((ids == 0).sum()) < 140 and set(ids.tolist()) == {0, 1}
     assert cond.context(ids[:3], "cpu").shape == (3, cfg.text.max_length, cfg.text.dim)
+    torch.manual_seed(0)  # one torch.rand(N) draw per call: the stages' RNG stream depends on it
+    assert torch.equal(ids == 0, torch.rand(1000) < 0.1)
+    assert torch.equal(ldm.drop_prompts(torch.tensor([3, 4]), 0.0), torch.tensor([3, 4]))
 
 
 def test_3d_autoencoder_and_ldm(tiny_index, tiny_config):

@@ -34,6 +34,9 @@ def test_candidates_have_provenance_and_regenerate(trained):
     assert stored["images"].shape[0] == n_cand and stored["mask"].shape == stored["images"].shape[1:]
     again = sample.regenerate(cfg, r)
     np.testing.assert_allclose(again, stored["images"][r["candidate"]], atol=2e-3)  # float16 storage
+    other = {**r, "sampler": {**r["sampler"], "conditioning_scale": 0.5}}  # the renderer's scale is 1.0 (cfg)
+    with pytest.raises(ValueError, match="conditioning_scale=0.5"):
+        sample.regenerate(cfg, other)
 
 
 def test_rerun_resumes_and_shards_partition(trained):

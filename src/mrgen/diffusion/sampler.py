@@ -12,16 +12,17 @@ embedding (``mrgen.prompts.EMPTY_PROMPT``, the prompt trained with 10 % dropout)
 ``-1`` context. Conditional and unconditional halves run as ONE batch of ``2N``:
 ``ε̂ = ε_u + w (ε_c - ε_u)``; ``w == 1`` skips the unconditional pass (exactly ε_c).
 
-Controller + CFG: the mask residuals are applied to BOTH halves (the same mask for cond and
-uncond), as diffusers' ControlNet pipeline does. The mask is a structural constraint, not part
-of the text condition, so guidance only amplifies the *text* (modality) direction while both
-branches keep the layout; feeding no mask to the uncond half would make guidance also push
-along the mask direction, i.e. act like an extra, uncalibrated ``conditioning_scale``.
+One denoiser (:mod:`mrgen.nets.denoisers`) carries the whole condition: the loop calls
+``denoiser.eps(x, t, context, cond)`` and never asks which kind it is. ``UNetDenoiser`` (text
+only, ``cond=None``), ``ControlledUNet`` (ControlNet residuals, its ``conditioning_scale``;
+``noise_shape`` = latent shape, ``cond`` at pixel resolution) or ``ConcatUNet`` (Med-DDPM;
+``noise_shape`` = image shape ``(N, 1, *S)``, the loop runs in pixel space).
 
-Concat UNet (``controller.mode=concat``, Med-DDPM; :func:`mrgen.nets.build_pixel_unet`): the
-mask enters as extra input channels, so ``cond`` is given WITHOUT a controller, ``noise_shape``
-is the image shape ``(N, 1, *S)`` and the loop runs in pixel space; both CFG halves again get
-the same mask, for the same reason.
+Mask + CFG: the same mask goes to BOTH halves (cond and uncond), as diffusers' ControlNet
+pipeline does. The mask is a structural constraint, not part of the text condition, so guidance
+only amplifies the *text* (modality) direction while both branches keep the layout; feeding no
+mask to the uncond half would make guidance also push along the mask direction, i.e. act like
+an extra, uncalibrated ``conditioning_scale``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mrgen.nets.builders import controlled_eps, is_concat
+from mrgen.nets.denoisers import as_denoiser
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -59,58 +60,47 @@ def _expand(ctx: torch.Tensor, n: int, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(
-    unet: nn.Module,
+    denoiser: nn.Module,
     scheduler,
     context: torch.Tensor,
     uncond_context: torch.Tensor | None,
     noise_shape: Sequence[int],
     seeds: Sequence[int],
     guidance: float = 7.0,
-    controller: nn.Module | None = None,
     cond: torch.Tensor | None = None,
-    cond_scale: float = 1.0,
     eta: float = 0.0,
-    progress: bool = False,
 ) -> torch.Tensor:
     """Run the DDIM chain of ``scheduler`` (``set_timesteps`` already called, e.g. ``make_ddim``).
 
     Args:
-        unet: ε-prediction ``DiffusionModelUNet`` (eval mode is the caller's job).
+        denoiser: a :mod:`mrgen.nets.denoisers` wrapper (eval mode is the caller's job); a bare
+            ``DiffusionModelUNet`` is taken as ``UNetDenoiser(unet)``.
         context: text embeddings ``(N, L, dim)`` or ``(1, L, dim)`` (broadcast).
         uncond_context: embedding of ``EMPTY_PROMPT``, ``(1, L, dim)`` or ``(N, L, dim)``;
             may be None only when ``guidance == 1``.
-        noise_shape: full latent shape ``(N, C, h, w[, d])`` with ``N == len(seeds)``
-            (for a concat UNet the image shape ``(N, 1, *S)``).
+        noise_shape: full shape of ``x`` ``(N, C, *s)`` with ``N == len(seeds)``: latents, or the
+            image shape ``(N, 1, *S)`` for a ``ConcatUNet``.
         seeds: one seed per sample.
         guidance: CFG weight w (1 = conditional only).
-        controller, cond: optional ControlNet and encoded masks ``(N, M, H, W[, D])`` at pixel
-            resolution (``mrgen.nets.encode_mask``); ``cond_scale`` scales its residuals. A concat
-            UNet needs ``cond`` and takes no controller (``cond_scale`` is ignored).
+        cond: encoded masks ``(N, M, ...)`` (``mrgen.nets.encode_mask``), or None for a
+            ``UNetDenoiser``; the denoiser checks its shape.
         eta: DDIM η (0 = deterministic).
     Returns:
-        latents ``(N, C, h, w[, d])`` (images for a concat UNet) float32 on the UNet's device.
+        ``x_0`` of ``noise_shape`` (latents, or images for a ``ConcatUNet``), float32 on the denoiser's device.
     """
+    denoiser = as_denoiser(denoiser)
     noise_shape = tuple(int(s) for s in noise_shape)
     n = len(seeds)
     if len(noise_shape) not in (4, 5) or noise_shape[0] != n:
         raise ValueError(f"noise_shape must be (N, C, h, w[, d]) with N = len(seeds) = {n}, got {noise_shape}")
-    if is_concat(unet):
-        if controller is not None or cond is None:
-            raise ValueError("a concat (Med-DDPM) UNet needs cond (the encoded masks) and no controller")
-        want = (int(getattr(unet, "cond_channels", cond.shape[1])), *noise_shape[2:])
-        if tuple(cond.shape[1:]) != want:
-            raise ValueError(f"concat UNet: cond must be (N, {want[0]}, *noise_shape[2:]) = {(n, *want)}, got {tuple(cond.shape)}")
-    elif (controller is None) != (cond is None):
-        raise ValueError("give both controller and cond, or neither (cond without a controller is only for a concat "
-                         "UNet, mrgen.nets.build_pixel_unet)")
     if cond is not None and cond.shape[0] != n:
-        raise ValueError(f"cond has batch {cond.shape[0]}, expected {n}")
+        raise ValueError(f"cond has batch {cond.shape[0]}, expected {n} (one encoded mask per seed)")
     w = float(guidance)
     use_cfg = w != 1.0
     if use_cfg and uncond_context is None:
         raise ValueError("guidance != 1 needs uncond_context (the embedding of the empty prompt)")
-    device = _device_of(unet)
-    dtype = next(unet.parameters()).dtype
+    device = _device_of(denoiser)
+    dtype = next(denoiser.parameters()).dtype
 
     ctx = _expand(context, n, "context").to(device, dtype)
     if use_cfg:
@@ -126,19 +116,11 @@ def sample(
     if eta > 0:  # per-sample generators for the η noise, on the sampling device
         gens = [torch.Generator(device=device).manual_seed(int(s) + 1) for s in seeds]
 
-    steps = scheduler.timesteps
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="DDIM", leave=False)
-        except ImportError:  # pragma: no cover
-            pass
-    for t in steps:
+    for t in scheduler.timesteps:
         ti = int(t)
         xin = torch.cat([x, x]) if use_cfg else x
         tt = torch.full((xin.shape[0],), ti, device=device, dtype=torch.long)
-        eps = controlled_eps(unet, controller, xin.to(dtype), tt, ctx, cond, cond_scale).float()
+        eps = denoiser.eps(xin.to(dtype), tt, ctx, cond).float()
         if use_cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + w * (eps_c - eps_u)

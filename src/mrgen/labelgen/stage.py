@@ -81,7 +81,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     from mrgen import train
     from mrgen.autoencoder.data import data_hash
     from mrgen.diffusion import make_train_scheduler
-    from mrgen.ldm import diffusion_loss, encode_posterior
+    from mrgen.ldm import diffusion_loss, drop_prompts, encode_posterior
     from mrgen.prompts import EMPTY_PROMPT
 
     tcfg = cfg.labelgen.ldm_train
@@ -108,7 +108,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
         idx = draw(len(rows))
         z = (mu[idx] + sigma[idx] * torch.randn_like(sigma[idx])) * scale
         keep = ids[idx]
-        return z, torch.where(torch.rand(len(idx)) < cfg.ldm.prompt_dropout, torch.zeros_like(keep), keep)
+        return z, drop_prompts(keep, cfg.ldm.prompt_dropout)
 
     def loss_fn(batch, step):
         z, sel = batch

@@ -141,8 +141,16 @@ def text_bank(cfg: Config, text, prompts: list[str], folder: Path | None = None)
     return keyed_cache(folder / TEXT_CACHE, tag, list(prompts), compute, cfg.run.device)["emb"]
 
 
+def drop_prompts(ids: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Prompt ids ``(N,)`` long -> the same with each replaced by 0 (the empty prompt) with probability
+    ``dropout``: the classifier-free-guidance dropout of every diffusion stage. Draws ``torch.rand(N)``
+    from the global RNG (seeded per step by :func:`mrgen.train.fit`), one call per batch."""
+    return torch.where(torch.rand(len(ids)) < dropout, torch.zeros_like(ids), ids)
+
+
 class Conditioner:
     """Prompt -> context for training: a lookup into a frozen bank, or the learned encoder (differentiable).
+    ``pos`` maps a prompt to its id (0 = the empty prompt; :func:`drop_prompts`).
     ``folder`` holds the frozen bank's cache (:func:`text_bank`; default ``<workdir>/ldm``)."""
 
     def __init__(self, cfg: Config, text, prompts: list[str], folder: Path | None = None):
@@ -150,25 +158,28 @@ class Conditioner:
         self.pos = {p: i for i, p in enumerate(self.prompts)}
         self.bank = None if text.trainable else text_bank(cfg, text, self.prompts, folder)
 
-    def ids(self, prompts: list[str], dropout: float) -> torch.Tensor:
-        ids = torch.tensor([self.pos[p] for p in prompts], dtype=torch.long)
-        drop = torch.rand(len(ids)) < dropout
-        return torch.where(drop, torch.zeros_like(ids), ids)  # 0 = the empty prompt
+    def ids(self, prompts: list[str]) -> torch.Tensor:
+        """``(len(prompts),)`` long ids of ``prompts`` (each must be one the conditioner was built with)."""
+        return torch.tensor([self.pos[p] for p in prompts], dtype=torch.long)
 
     def context(self, ids: torch.Tensor, device) -> torch.Tensor:
+        """Ids ``(N,)`` -> text context ``(N, L, dim)`` on ``device``."""
         if self.bank is not None:
             return self.bank[ids].to(device)
         return self.text.encode([self.prompts[i] for i in ids.tolist()], device=device)
 
 
-def diffusion_loss(unet, sched, z: torch.Tensor, context: torch.Tensor, controller=None, cond=None) -> torch.Tensor:
-    """ε-prediction MSE at uniformly drawn timesteps."""
-    from mrgen.nets import controlled_eps
+def diffusion_loss(denoiser, sched, z: torch.Tensor, context: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """ε-prediction MSE at uniformly drawn timesteps: ``denoiser`` (:mod:`mrgen.nets.denoisers`; a bare UNet is
+    ``UNetDenoiser(unet)``) sees ``x_t`` of ``z`` ``(N, C, *s)`` with ``context`` ``(N, L, dim)`` and ``cond``.
+    Global RNG draws, in this order: ``torch.randint`` (t), ``torch.randn_like(z)`` (noise)."""
+    from mrgen.nets import as_denoiser
 
+    denoiser = as_denoiser(denoiser)
     t = torch.randint(0, sched.num_train_timesteps, (z.shape[0],), device=z.device)
     noise = torch.randn_like(z)
     zt = sched.add_noise(original_samples=z, noise=noise, timesteps=t)
-    eps = controlled_eps(unet, controller, zt, t, context, cond, 1.0)
+    eps = denoiser.eps(zt, t, context, cond)
     return F.mse_loss(eps.float(), noise)
 
 
@@ -189,7 +200,7 @@ def run(cfg: Config) -> dict:
     from mrgen import train
     from mrgen.autoencoder import load_autoencoder
     from mrgen.diffusion import decode, make_ddim, make_train_scheduler, sample
-    from mrgen.nets import build_unet, get_text_encoder, latent_factor
+    from mrgen.nets import UNetDenoiser, build_unet, get_text_encoder, latent_factor
 
     tcfg = cfg.ldm.train
     ae, ae_meta = load_autoencoder(cfg.workdir, cfg, cfg.run.device)
@@ -200,8 +211,9 @@ def run(cfg: Config) -> dict:
     train.seed_all(tcfg.seed)
     text = get_text_encoder(cfg.text, label_names=label_names(cfg))
     cond = Conditioner(cfg, text, prompts)
-    row_ids = torch.tensor([cond.pos[p] for p in prompts], dtype=torch.long)
+    row_ids = cond.ids(prompts)
     unet = build_unet(cfg, text.dim)
+    den = UNetDenoiser(unet)
     sched = make_train_scheduler(cfg.diffusion)
     modules = {"unet": unet, "autoencoder": ae}
     trainable = ["unet"]
@@ -212,13 +224,12 @@ def run(cfg: Config) -> dict:
     def batch_fn(step, draw):
         idx = draw(len(rows))
         z = (mu[idx] + sigma[idx] * torch.randn_like(sigma[idx])) * scale
-        keep = row_ids[idx]
-        return z, torch.where(torch.rand(len(idx)) < cfg.ldm.prompt_dropout, torch.zeros_like(keep), keep)
+        return z, drop_prompts(row_ids[idx], cfg.ldm.prompt_dropout)
 
     def loss_fn(batch, step):
         z, ids = batch
         device = next(unet.parameters()).device
-        return diffusion_loss(unet, sched, z.to(device), cond.context(ids, device))
+        return diffusion_loss(den, sched, z.to(device), cond.context(ids, device))
 
     shown = preview_prompts(cfg, rows)
 
@@ -229,7 +240,7 @@ def run(cfg: Config) -> dict:
         unc = cond.context(torch.zeros(1, dtype=torch.long), device)
         f = latent_factor(cfg)
         shape = (len(shown), cfg.autoencoder.latent_channels, *[s // f for s in _shape(cfg)])
-        lat = sample(unet, make_ddim(cfg.diffusion, min(cfg.sample.ddim_steps, 25)), ctx, unc, shape,
+        lat = sample(den, make_ddim(cfg.diffusion, min(cfg.sample.ddim_steps, 25)), ctx, unc, shape,
                      list(range(len(shown))), cfg.sample.guidance)
         train.save_grid(path, [decode(ae, lat, scale).clamp(-1, 1)])
 

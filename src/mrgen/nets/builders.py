@@ -108,11 +108,6 @@ def pixel_factor(cfg) -> int:
     return 2 ** (len(cfg.controller.pixel_channels) - 1)
 
 
-def is_concat(unet: nn.Module) -> bool:
-    """True for a :func:`build_pixel_unet` UNet (mask fed as extra input channels, no controller)."""
-    return bool(getattr(unet, "concat_cond", False))
-
-
 def build_pixel_unet(cfg, context_dim: int, n_labels: int) -> DiffusionModelUNet:
     """Med-DDPM renderer (``controller.mode=concat``): a pixel-space, text-conditioned UNet whose input
     is the noisy image concatenated with the encoded mask.
@@ -120,7 +115,7 @@ def build_pixel_unet(cfg, context_dim: int, n_labels: int) -> DiffusionModelUNet
     ``eps = unet(cat[x (N,1,*S), mask (N,M,*S)] (N,1+M,*S), t (N,), context (N,L,context_dim))`` ->
     ``(N, 1, *S)``; ``M = mask_channels(cfg, n_labels)``. Levels/attention from ``controller.pixel_*``;
     res blocks, norm groups and head channels from ``cfg.ldm`` (no LDM is trained in this mode).
-    Call it through :func:`controlled_eps` (which does the concatenation); ``unet.concat_cond`` marks it.
+    Call it through ``mrgen.nets.ConcatUNet(unet, mask_channels(cfg, n_labels))``, which does the concatenation.
     """
     c = cfg.controller
     if len(c.pixel_attention) != len(c.pixel_channels):
@@ -139,9 +134,6 @@ def build_pixel_unet(cfg, context_dim: int, n_labels: int) -> DiffusionModelUNet
     m = mask_channels(cfg, n_labels)
     unet = text_unet(cfg.data.spatial_dims, 1 + m, 1, c.pixel_channels, c.pixel_attention, context_dim,
                      l.num_res_blocks, l.norm_num_groups, l.num_head_channels)
-    unet.context_dim = int(context_dim)
-    unet.concat_cond = True
-    unet.cond_channels = m
     return unet
 
 
@@ -221,8 +213,6 @@ def build_controller(cfg, unet: DiffusionModelUNet, n_labels: int, copy_weights:
     ties to the autoencoder factor, so ``H / h`` matches. With ``copy_weights`` the encoder is
     initialised from ``unet`` (:func:`copy_unet_to_controller`); zero convs are verified zero.
     """
-    if is_concat(unet):
-        raise ControllerInitError("a concat (Med-DDPM) UNet takes the mask as input channels; it has no controller")
     ctrl = ControlNet(
         **_encoder_kwargs(cfg, _context_dim_of(unet)),
         conditioning_embedding_in_channels=mask_channels(cfg, n_labels),
@@ -272,32 +262,3 @@ def copy_unet_to_controller(unet: nn.Module, controller: nn.Module) -> list[str]
         for uk, ck in mapping.items():
             c[ck].copy_(u[uk])  # state_dict tensors share storage with the parameters/buffers
     return list(mapping.values())
-
-
-def controlled_eps(
-    unet: nn.Module,
-    controller: nn.Module | None,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    context: torch.Tensor,
-    cond: torch.Tensor | None = None,
-    scale: float = 1.0,
-) -> torch.Tensor:
-    """Noise prediction ``(N, C, h, w[, d])`` of ``unet`` with the mask condition applied.
-
-    ``x`` latents ``(N, C, h, w[, d])`` (images ``(N, 1, *S)`` for a concat UNet), ``t`` ``(N,)``
-    long, ``context`` ``(N, L, dim)``, ``cond`` encoded mask ``(N, M, H, W[, D])`` at pixel resolution.
-    ControlNet: the controller's residuals (times ``scale``) are added; ``controller=None`` or
-    ``cond=None`` gives the plain UNet prediction. Concat UNet (:func:`build_pixel_unet`): the
-    input is ``cat([x, cond], 1)``; it needs ``cond``, takes no controller, and ignores ``scale``.
-    """
-    if is_concat(unet):
-        if controller is not None or cond is None:
-            raise ValueError("a concat (Med-DDPM) UNet takes the encoded mask as input channels: give cond and no controller")
-        if cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
-            raise ValueError(f"concat UNet: cond {tuple(cond.shape)} must match x {tuple(x.shape)} in batch and spatial size")
-        return unet(x=torch.cat([x, cond.to(x.dtype)], 1), timesteps=t, context=context)
-    if controller is None or cond is None:
-        return unet(x=x, timesteps=t, context=context)
-    down, mid = controller(x=x, timesteps=t, controlnet_cond=cond, conditioning_scale=float(scale), context=context)
-    return unet(x=x, timesteps=t, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid)

@@ -78,10 +78,8 @@ def run(cfg: Config) -> dict:
                 masks = torch.from_numpy(np.stack([r["load"]() for r, _ in batch]))
                 texts = [target_prompt(cfg, r) for r, _ in batch]
                 seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
-                imgs = gen.generate(
-                    masks, texts, seeds, guidance=cfg.sample.guidance, steps=cfg.sample.ddim_steps,
-                    cond_scale=cfg.controller.conditioning_scale, eta=cfg.sample.eta,
-                )
+                imgs = gen.generate(masks, texts, seeds, guidance=cfg.sample.guidance, steps=cfg.sample.ddim_steps,
+                                    eta=cfg.sample.eta)
                 for (r, c), img, seed, text, m in zip(batch, imgs, seeds, texts, masks):
                     pending.setdefault(r["id"], []).append((c, img[0].float().numpy(), seed, text, m.numpy()))
                     if len(pending[r["id"]]) == cfg.sample.candidates:
@@ -135,7 +133,10 @@ def rebuild_provenance(workdir: str | Path) -> list[dict]:
 
 
 def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
-    """Re-render one candidate from its provenance record: (H, W[, D]) float32 in [-1, 1]."""
+    """Re-render one candidate from its provenance record: (H, W[, D]) float32 in [-1, 1].
+
+    The ControlNet residual scale is the renderer's (``controller.conditioning_scale`` at load time);
+    a record made with another scale is refused rather than re-rendered differently."""
     from mrgen.controller import load_generator
 
     gen = gen or load_generator(cfg.workdir, cfg)
@@ -146,10 +147,12 @@ def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
     if record.get("mask_hash") and item["hash"] != record["mask_hash"]:
         raise ValueError(f"mask {record['mask_id']} changed since candidate {record['key']}#{record['candidate']} was made")
     s = record["sampler"]
-    img = gen.generate(
-        torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]],
-        guidance=s["guidance"], steps=s["ddim_steps"], cond_scale=s["conditioning_scale"], eta=s["eta"],
-    )
+    if gen.conditioning_scale is not None and float(s["conditioning_scale"]) != gen.conditioning_scale:
+        raise ValueError(f"candidate {record['key']}#{record['candidate']} was rendered with controller.conditioning_scale="
+                         f"{s['conditioning_scale']}, the renderer uses {gen.conditioning_scale}; set "
+                         f"controller.conditioning_scale={s['conditioning_scale']}")
+    img = gen.generate(torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]],
+                       guidance=s["guidance"], steps=s["ddim_steps"], eta=s["eta"])
     return img[0, 0].float().numpy()
 
 
