@@ -155,7 +155,7 @@ _stage("segmenter", "mrgen.evaluate", fn="run", parent=evaluate_app, doc=(
 _stage("autoencoder", "mrgen.autoencoder", fn="evaluate", parent=evaluate_app, doc=(
     "PSNR, SSIM, L1, MSE of autoencoder reconstructions on the test split.\n\nExample: `mrgen evaluate autoencoder -w runs/demo`"))
 app.add_typer(evaluate_app, name="evaluate")
-_stage("morph", "mrgen.morph", doc=(
+_stage("morph", "mrgen.morph", fn="morph_files", doc=(
     "Edit label maps from a YAML recipe (dilate/erode/scale/remove/grow/remap, in mm, under constraints).\n\n"
     "Example: `mrgen morph morph.recipe=ventriculomegaly morph.inputs='labels/*.nii.gz'`"))
 _stage("run", "mrgen.pipeline", fn="cli_run", doc=(

@@ -96,17 +96,14 @@ def random_candidates(workdir: str | Path, keep: int, rng: np.random.Generator) 
 def real_pairs(cfg: Config, rows: list[dict], keep_context: bool = False) -> tuple[list, list]:
     """Curated (image, mask) pairs of ``rows`` at the item shape; context labels -> background unless
     ``keep_context``."""
-    from mrgen.curate.dataset import load_image, load_mask, resize_volume
-    from mrgen.curate.labels import context_values, strip_context
+    from mrgen.curate.dataset import item_shape, load_row
+    from mrgen.curate.labels import context_values
 
     root = cfg.workdir / "curated"
-    drop = set() if keep_context else context_values(root)
+    drop = () if keep_context else tuple(sorted(context_values(root)))
     images, masks = [], []
     for r in rows:
-        img, m = load_image(root, r)[0], load_mask(root, r)
-        if cfg.data.spatial_dims == 3:
-            shape = (cfg.data.depth, cfg.data.image_size, cfg.data.image_size)
-            img, m = resize_volume(img, shape, order=1), resize_volume(m, shape, order=0)
-        images.append(np.asarray(img, np.float32))
-        masks.append(np.asarray(strip_context(m, drop), np.int64))
+        img, m = load_row(root, r, item_shape(cfg), drop_context=drop)
+        images.append(img)
+        masks.append(m)
     return images, masks

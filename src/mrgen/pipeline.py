@@ -31,7 +31,7 @@ def _functions() -> dict[str, Callable]:
     from mrgen.segment.stage import train_sets
 
     return {"phantom": phantom.run, "curate": curate.run, "autoencoder": autoencoder.run, "ldm": ldm.run,
-            "controller": controller.run, "labelgen": labelgen.run, "morph": morph_masks.run, "synthesize": sample.run,
+            "controller": controller.run, "labelgen": labelgen.run, "morph": morph_masks.morph_run_masks, "synthesize": sample.run,
             "filter": filter_stage.run, "export": export.run, "segment": train_sets, "evaluate": evaluate.evaluate_run}
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrgen import io
+from mrgen import io, seeds
 
 CKPT = "ckpt"
 LOG = "train_log.jsonl"
@@ -46,8 +46,8 @@ class TrainError(ValueError):
 
 
 def step_seed(seed: int, step: int, rank: int = 0, salt: str = "") -> int:
-    h = hashlib.sha256(f"{seed}|{step}|{rank}|{salt}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+    """The seed of one training step on one process (:func:`mrgen.seeds.derive`)."""
+    return seeds.derive(seed, step, rank, salt)
 
 
 def seed_all(seed: int) -> None:

@@ -9,13 +9,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 from curate_helpers import abdomen_dataset, write_manifest
 from typer.testing import CliRunner
 
 from mrgen.cli import app
 from mrgen.curate import run
-from mrgen.curate.dataset import ItemDataset, load_image, load_mask, resize_volume
+from mrgen.curate.dataset import load_image, load_mask, resize_volume
 from mrgen.curate.index import COLUMNS, SCHEMA, Index, QueryError
 from mrgen.prompts import PromptError
 
@@ -152,20 +151,3 @@ def test_resize_volume():
     assert rm.dtype == np.int64 and set(np.unique(rm)) == {0, 3}
     assert resize_volume(a[None], (3, 4, 4), 1).shape == (1, 3, 4, 4)
     assert resize_volume(a, a.shape, 1) is not None and np.array_equal(resize_volume(a, a.shape, 1), a)
-
-
-def test_item_dataset(curated):
-    ix = Index(curated)
-    ds2 = ItemDataset(curated, ix.query(modality="T1c"), spatial_dims=2)
-    item = ds2[0]
-    assert item["image"].shape == (1, 16, 16) and item["image"].dtype == torch.float32
-    assert item["mask"].shape == (16, 16) and item["mask"].dtype == torch.int64
-    assert item["prompt"].startswith("T1c MRI;") and item["id"].startswith("abd/")
-    batch = next(iter(torch.utils.data.DataLoader(ds2, batch_size=4)))
-    assert batch["image"].shape == (4, 1, 16, 16) and len(batch["prompt"]) == 4
-    ds3 = ItemDataset(curated / "index.parquet", ix.query(kind="volume"), spatial_dims=3, depth=8)
-    v = ds3[0]
-    assert v["image"].shape == (1, 8, 16, 16) and v["mask"].shape == (8, 16, 16)
-    assert "mask" not in ItemDataset(curated, ix.query(kind="volume"), 3, with_mask=False)[0]
-    with pytest.raises(ValueError, match="kind='volume'"):
-        ItemDataset(curated, ix.query(), spatial_dims=3)

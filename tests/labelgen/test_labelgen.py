@@ -119,16 +119,6 @@ def test_synthesized_candidates_record_their_mask_kind_and_regenerate(run3d):
     assert np.allclose(img, c["images"][1], atol=2e-3)
 
 
-def test_item_spacing_follows_curation():
-    from mrgen.morph.masks import item_spacing
-
-    cfg = load_config("tiny", overrides=["data.spatial_dims=3", "data.image_size=16", "data.depth=8"])
-    row = {"spacing": [1.5, 1.0, 5.0], "orig_shape": [32, 40, 4]}
-    assert item_spacing(cfg, row) == pytest.approx((4 * 5.0 / 8, 48.0 / 16, 48.0 / 16))
-    cfg2 = load_config("tiny")
-    assert item_spacing(cfg2, row) == pytest.approx((3.0, 3.0))
-
-
 def test_phantom_ventricle_scale_enlarges_only_the_ventricles():
     from mrgen.phantom import generate_subject
 

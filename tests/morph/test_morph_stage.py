@@ -9,7 +9,8 @@ from morph_helpers import CEREB, STEM, VENT, make_brain
 
 from mrgen.config import load_config
 from mrgen.io import read_image, write_nifti
-from mrgen.morph import OPS, apply_recipe, run
+from mrgen.morph import OPS, apply_recipe, morph_files
+from mrgen.seeds import derive
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "mrgen" / "data" / "morph"
 
@@ -26,7 +27,7 @@ def test_run_writes_variants_records_preview_and_skips(tmp_path):
     lps[:3, 3] = [47.0, 47.0, 0.0]
     write_nifti(tmp_path / "labels" / "case_b.nii.gz", lab[::-1, ::-1].copy(), affine=lps)  # LPS voxel order
     cfg = _cfg(tmp_path, "morph.variants=2", "morph.seed=5")
-    summary = run(cfg)
+    summary = morph_files(cfg)
     assert summary["inputs"] == 2 and summary["written"] == 4 and summary["skipped"] == 0
     out_dir = tmp_path / "run" / "morph"
     assert sorted(p.name for p in out_dir.glob("*.nii.gz")) == [f"case_{c}_v{k}.nii.gz" for c in "ab" for k in (0, 1)]
@@ -39,6 +40,8 @@ def test_run_writes_variants_records_preview_and_skips(tmp_path):
     records = [json.loads(x) for x in (out_dir / "records.jsonl").read_text().splitlines()]
     assert [r["output"] for r in records] == [f"case_{c}_v{k}.nii.gz" for c in "ab" for k in (0, 1)]
     assert len({r["seed"] for r in records}) == 4
+    # the project's one seed scheme (mrgen.seeds, golden values in tests/test_seeds.py) of (morph.seed, stem, variant)
+    assert [r["seed"] for r in records] == [derive(5, f"case_{c}", k) for c in "ab" for k in (0, 1)]
     for r in records:
         before = read_image(r["source"], kind="mask")
         after = read_image(out_dir / r["output"], kind="mask")
@@ -59,11 +62,11 @@ def test_run_writes_variants_records_preview_and_skips(tmp_path):
     with Image.open(out_dir / "preview.png") as im:
         assert im.size[0] > 300 and im.size[1] > 300
     mtimes = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.nii.gz")}
-    assert run(cfg)["skipped"] == 4
+    assert morph_files(cfg)["skipped"] == 4
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.nii.gz")}
-    summary = run(_cfg(tmp_path, "morph.variants=3", "morph.seed=5"))
+    summary = morph_files(_cfg(tmp_path, "morph.variants=3", "morph.seed=5"))
     assert (summary["written"], summary["skipped"]) == (2, 4)  # only the new variants
-    summary = run(_cfg(tmp_path, "morph.variants=3", "morph.seed=6"))
+    summary = morph_files(_cfg(tmp_path, "morph.variants=3", "morph.seed=6"))
     assert summary["written"] == 6  # a new seed invalidates every output
     assert len((out_dir / "records.jsonl").read_text().splitlines()) == 6
 
@@ -73,7 +76,7 @@ def test_run_2d_label_map(tmp_path):
     sl = lab[:, :, 12]
     assert (sl == VENT).sum() > 0
     write_nifti(tmp_path / "labels" / "slice.nii.gz", sl, spacing=(1.0, 1.0, 2.0))
-    run(_cfg(tmp_path))
+    morph_files(_cfg(tmp_path))
     out = read_image(tmp_path / "run" / "morph" / "slice_v0.nii.gz", kind="mask").array
     (rec,) = [json.loads(x) for x in (tmp_path / "run" / "morph" / "records.jsonl").read_text().splitlines()]
     assert out.shape == sl.shape + (1,) and rec["spacing"] == [1.0, 1.0]

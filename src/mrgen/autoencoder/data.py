@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mrgen.config import Config
+from mrgen.curate.dataset import item_shape, load_row  # item_shape: ldm, controller, labelgen import it from here
 
 PRELOAD_BYTES = 2 << 30
 
@@ -34,30 +35,23 @@ def kind_of(cfg: Config) -> str:
     return "slice" if cfg.data.spatial_dims == 2 else "volume"
 
 
-def item_shape(cfg: Config) -> tuple[int, ...]:
-    s = cfg.data.image_size
-    return (s, s) if cfg.data.spatial_dims == 2 else (cfg.data.depth, s, s)
-
-
 def label_names(cfg: Config) -> list[str]:
-    path = curated_root(cfg) / "labels.json"
-    if not path.exists():
-        return []
-    return sorted({str(n) for d in json.loads(path.read_text()).values() for n in d.values()})
+    """Every label name of the curated run, sorted (organ words for the text vocabulary); ``[]`` before curation."""
+    from mrgen.labelmaps import dataset_names
+
+    return sorted({n for d in dataset_names(curated_root(cfg)).values() for n in d.values()})
 
 
 def n_labels(cfg: Config) -> int:
-    """Largest label value the curated masks may hold (``labels.json`` plus the context labels of
-    ``context.json``): the generator is conditioned on context labels too."""
-    from mrgen.curate.labels import context_values
+    """Largest label value the curated masks may hold, context labels included (the generator is
+    conditioned on them too): :func:`mrgen.curate.labels.n_labels`, refused when there are no labels."""
+    from mrgen.curate.labels import n_labels as largest_label
 
-    path = curated_root(cfg) / "labels.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `mrgen curate` first")
-    values = [int(v) for d in json.loads(path.read_text()).values() for v in d]
-    if not values:
-        raise ValueError(f"{path} lists no labels; the manifest needs a labels: mapping for the annotated series")
-    return max(values + sorted(context_values(curated_root(cfg))))
+    k = largest_label(curated_root(cfg))
+    if not k:
+        raise ValueError(f"{curated_root(cfg) / 'labels.json'} lists no labels; the manifest needs a labels: mapping "
+                         "for the annotated series")
+    return k
 
 
 def data_hash(rows: list[dict], cfg: Config, *extra: str) -> str:
@@ -78,22 +72,10 @@ def load_item(cfg: Config, row: dict, with_mask: bool = False, context: frozense
               with_image: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``image`` float32 ``(1, *item_shape)`` (None without ``with_image``), ``mask`` int64 ``item_shape``
     (zeros if unannotated; with ``context`` values, only those context labels:
-    :func:`mrgen.curate.labels.context_only`)."""
-    from mrgen.curate.dataset import load_image, load_mask, resize_volume
-    from mrgen.curate.labels import context_only
-
-    root = curated_root(cfg)
-    img = load_image(root, row) if with_image else None
-    mask = load_mask(root, row) if with_mask else None
-    if mask is not None and context:
-        mask = context_only(mask, context)
-    shape = item_shape(cfg)
-    if cfg.data.spatial_dims == 3:
-        img = resize_volume(img, shape, order=1) if img is not None else None
-        mask = resize_volume(mask, shape, order=0) if mask is not None else None
-    elif img is not None and img.shape[1:] != shape:
-        raise ValueError(f"{row['id']}: slice shape {img.shape[1:]} != data.image_size {shape}; re-curate with this data config")
-    return img, mask
+    :func:`mrgen.curate.labels.context_only`). See :func:`mrgen.curate.dataset.load_row`."""
+    img, mask = load_row(curated_root(cfg), row, item_shape(cfg), image=with_image, mask=with_mask,
+                         only_context=context)
+    return (img[None] if img is not None else None), mask
 
 
 class Items:

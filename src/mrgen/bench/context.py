@@ -45,12 +45,6 @@ class Ctx:
 
     def target_images(self) -> list:
         """Unannotated target images (their masks, if any, are never read)."""
-        from mrgen.curate.dataset import load_image, resize_volume
+        from mrgen.curate.dataset import item_shape, load_row
 
-        cfg, out = self.cfg, []
-        for r in self.roles.target:
-            img = load_image(self.root, r)[0]
-            if cfg.data.spatial_dims == 3:
-                img = resize_volume(img, (cfg.data.depth, cfg.data.image_size, cfg.data.image_size), order=1)
-            out.append(np.asarray(img, np.float32))
-        return out
+        return [load_row(self.root, r, item_shape(self.cfg), mask=False)[0] for r in self.roles.target]

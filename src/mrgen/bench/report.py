@@ -80,7 +80,7 @@ def markdown(spec, summary: dict, results: list, curate_compute: dict) -> str:
         f"trained on the original labels",
         f"- curation: {_f(curate_compute.get('cpu_s', 0) / 60, 2)} CPU min",
         "",
-        f"## 3D Dice on real target test volumes (mean ± sd over folds)",
+        "## 3D Dice on real target test volumes (mean ± sd over folds)",
         "",
         "| method | " + " | ".join(labels) + " | mean Dice | HD95 mm | gap closed | × source_only | pairs | method CPU min | segmenter CPU min | peak MB |",
         "|---|" + "---|" * (len(labels) + 8),

@@ -1,8 +1,12 @@
-"""Load curated items for the training stages (arrays are memory-mapped ``.npy``).
+"""Load curated rows (arrays are memory-mapped ``.npy``): the one place a row becomes an item.
 
 ``root`` is the ``curated/`` folder; ``row`` is an index row (a dict from ``Index.query``).
-Slice rows give ``(1, H, W)`` images and ``(H, W)`` masks; volume rows ``(1, Z, H, W)``
-and ``(Z, H, W)``. Images are float32 in [-1, 1]; masks int64 (zeros when unannotated).
+:func:`load_row` gives a row in the run's item shape (:func:`item_shape`: ``(H, W)`` in 2D,
+``(depth, H, W)`` in 3D, volumes resampled), optionally with its context labels kept alone or
+removed; every stage that trains on or renders from curated rows goes through it.
+:func:`load_image` / :func:`load_mask` give the stored arrays: slice rows ``(1, H, W)`` images and
+``(H, W)`` masks, volume rows ``(1, Z, H, W)`` and ``(Z, H, W)``. Images are float32 in [-1, 1];
+masks int64 (zeros when unannotated). Imports no stage package.
 """
 
 from __future__ import annotations
@@ -70,46 +74,45 @@ def resize_volume(arr: np.ndarray, shape: tuple, order: int = 1) -> np.ndarray:
     return (np.rint(out) if order == 0 else out).astype(out_dtype)
 
 
-class ItemDataset(torch.utils.data.Dataset):
-    """Curated rows as training items.
+def item_shape(cfg) -> tuple[int, ...]:
+    """The item shape of a run (``cfg``: a :class:`mrgen.config.Config`): ``(image_size, image_size)`` in 2D,
+    ``(depth, image_size, image_size)`` in 3D. Every stage's images, masks and label maps have it."""
+    s = int(cfg.data.image_size)
+    return (s, s) if cfg.data.spatial_dims == 2 else (int(cfg.data.depth), s, s)
 
-    Returns ``{"image": (1,H,W) or (1,D,H,W) float, "mask": (H,W)/(D,H,W) long, "prompt": str, "id": str}``;
-    ``with_mask=False`` leaves out ``mask`` (no mask file is read). With ``spatial_dims=3`` and
-    ``depth`` set, volumes are resampled along z to ``depth`` slices at load time.
-    """
 
-    def __init__(self, index_root: str | Path, rows: list[dict], spatial_dims: int, depth: int | None = None,
-                 with_mask: bool = True):
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        want = "slice" if spatial_dims == 2 else "volume"
-        rows = list(rows)
-        wrong = [r["id"] for r in rows if _is_slice(r) != (want == "slice")]
-        if wrong:
-            raise ValueError(
-                f"spatial_dims={spatial_dims} needs {want} rows but got {len(wrong)} others (e.g. {wrong[0]}); "
-                f"query the index with kind='{want}'"
-            )
-        self.root = _root(index_root)
-        self.rows = rows
-        self.spatial_dims = spatial_dims
-        self.depth = depth
-        self.with_mask = with_mask
+def load_row(root: str | Path, row: dict, shape: tuple | None = None, *, image: bool = True, mask: bool = True,
+             only_context=(), drop_context=()) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One curated row as an item: ``(image, mask)``, image float32 ``shape`` in [-1, 1] (no channel axis),
+    mask int64 ``shape`` (zeros when unannotated); ``None`` for the one not asked for (``image``/``mask``).
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    ``shape``: the item shape (:func:`item_shape`). A volume row is resampled to it (image trilinear, mask
+    nearest: label values are kept); a slice row must already have it (curation sized it to
+    ``data.image_size``). ``None``: as stored, ``(H, W)`` or ``(Z, H, W)``.
+    ``only_context``: context label values; the mask keeps only those (:func:`mrgen.curate.labels.context_only`,
+    the controller's target conditioning). ``drop_context``: context label values set to background
+    (:func:`mrgen.curate.labels.strip_context`, a segmenter's ground truth). Both act on the stored mask,
+    before resampling."""
+    from mrgen.curate.labels import context_only, strip_context
 
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        image = load_image(self.root, row)
-        mask = load_mask(self.root, row) if self.with_mask else None
-        if self.spatial_dims == 3 and self.depth:
-            _, _, h, w = image.shape
-            image = resize_volume(image, (self.depth, h, w), order=1)
-            if mask is not None:
-                mask = resize_volume(mask, (self.depth, h, w), order=0)
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                "prompt": row["prompt"], "id": row["id"]}
-        if mask is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
-        return item
+    if only_context and drop_context:
+        raise ValueError("load_row: give only_context (keep the context labels) or drop_context (remove them), not both")
+    img = load_image(root, row)[0] if image else None
+    msk = load_mask(root, row) if mask else None
+    stored = next((a.shape for a in (img, msk) if a is not None), None)
+    if shape is not None and stored is not None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != len(stored):
+            kind = "slice" if len(stored) == 2 else "volume"
+            raise ValueError(f"{row['id']} is a {kind} row {stored} but the item shape is {shape}; query the index with "
+                             f"kind='{'slice' if len(shape) == 2 else 'volume'}' for data.spatial_dims={len(shape)}")
+        if len(shape) == 2 and stored != shape:
+            raise ValueError(f"{row['id']}: slice shape {stored} != data.image_size {shape}; re-curate with this data config")
+    if msk is not None and only_context:
+        msk = context_only(msk, only_context)
+    if msk is not None and drop_context:
+        msk = strip_context(msk, drop_context)
+    if shape is not None and len(shape) == 3:
+        img = resize_volume(img, shape, order=1) if img is not None else None
+        msk = resize_volume(msk, shape, order=0) if msk is not None else None
+    return img, msk

@@ -20,16 +20,11 @@ layout + ``meta``: id, seed, prompt, region, organs, checkpoint sha256s), so it 
 
 from __future__ import annotations
 
-import json
 import math
-import random
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrgen import io
 from mrgen.config import Config
 
 STAGE = "labelgen"

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mrgen import io
+from mrgen import io, labelmaps, seeds
 from mrgen.config import Config
 from mrgen.contract import config_of
 from mrgen.labelgen import (STAGE, LabelItems, build_label_autoencoder, build_label_unet, decode_labels, encode_labels,
                             label_prompt, latent_shape, recon_loss, train_rows)
+from mrgen.labelmaps import load_labels, organs_in, save_labels
+from mrgen.nets import UNetDenoiser
 
 AE, LDM, LABELS = "autoencoder", "ldm", "labels"
 
 
 def _folder(cfg: Config) -> Path:
     return cfg.workdir / STAGE
-
-
-def _names(cfg: Config) -> dict[int, str]:
-    labels = io.read_json(cfg.workdir / "curated" / "labels.json")
-    return {int(v): str(n) for d in labels.values() for v, n in d.items()}
 
 
 def _text(cfg: Config, vocab=None):
@@ -96,6 +92,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     text = _text(cfg)
     frozen = None if text.trainable else text.encode(bank).float().cpu()
     unet = build_label_unet(cfg, text.dim)
+    denoiser = UNetDenoiser(unet)
     sched = make_train_scheduler(cfg.diffusion)
     modules, trainable = {"unet": unet, "autoencoder": ae}, ["unet"]
     if text.trainable:
@@ -113,7 +110,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     def loss_fn(batch, step):
         z, sel = batch
         dev = next(unet.parameters()).device
-        return diffusion_loss(unet, sched, z.to(dev), context(sel, dev))
+        return diffusion_loss(denoiser, sched, z.to(dev), context(sel, dev))
 
     meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg, "labels", ae_meta.get("sha256", "")),
             "scale_factor": scale, "context_dim": text.dim, "text": text.meta(), "n_labels": items.k,
@@ -155,37 +152,30 @@ class LabelGenerator:
         dev = next(self.unet.parameters()).device
         ctx = self.text.encode(list(prompts), device=dev).float()
         unc = self.text.encode([EMPTY_PROMPT], device=dev).float()
-        lat = sample(self.unet, make_ddim(self.cfg.diffusion, steps), ctx, unc, latent_shape(self.cfg, len(seeds)),
+        lat = sample(UNetDenoiser(self.unet), make_ddim(self.cfg.diffusion, steps), ctx, unc, latent_shape(self.cfg, len(seeds)),
                      list(seeds), guidance)
         logits = decode(self.ae, lat, self.scale)
         return decode_labels(logits.float(), self.k, self.cfg.labelgen.encoding).cpu()
 
 
-def organs_in(mask: np.ndarray, names: dict[int, str], min_voxels: int) -> list[str]:
-    values, counts = np.unique(mask, return_counts=True)
-    return [names[int(v)] for v, c in zip(values, counts) if v and c >= min_voxels and int(v) in names]
-
-
 def generate(cfg: Config) -> dict:
     """Sample ``labelgen.count`` label maps; skips the ones already written by the same checkpoints."""
-    from mrgen.sample import candidate_seed
-
     lg = cfg.labelgen
     out = _folder(cfg) / LABELS
     gen = LabelGenerator(cfg, cfg.run.device)
     counts = gen.meta.get("prompt_counts") or {p: 1 for p in gen.meta["prompts"]}
     bank = sorted(counts)
     weights = np.array([counts[p] for p in bank], float)
-    names = _names(cfg)
+    names = labelmaps.label_names(cfg.workdir)
     todo, written = [], 0
     for i in range(lg.count):
         key = f"gen_{i:04d}"
-        rng = np.random.default_rng(candidate_seed(lg.seed, key, 0))
+        rng = np.random.default_rng(seeds.derive(lg.seed, key, 0))
         prompt = bank[int(rng.choice(len(bank), p=weights / weights.sum()))]  # the training prompt mix
         f = out / f"{key}.npz"
         if f.exists() and load_labels(f)["meta"].get("checkpoints") == gen.hashes:
             continue
-        todo.append((key, prompt, candidate_seed(lg.seed, key, 1)))
+        todo.append((key, prompt, seeds.derive(lg.seed, key, 1)))
     region_of = _region_lookup(cfg)
     for start in range(0, len(todo), max(1, cfg.sample.batch_size)):
         batch = todo[start: start + max(1, cfg.sample.batch_size)]
@@ -204,17 +194,6 @@ def _region_lookup(cfg: Config) -> dict[str, str]:
     return {label_prompt(r["region"] or None, list(r["organs"])): r["region"] or "" for r in train_rows(cfg)}
 
 
-def save_labels(path: Path, mask: np.ndarray, meta: dict) -> None:
-    with io.atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, mask=np.asarray(mask).astype(np.uint8), meta=np.array(json.dumps(meta)))
-
-
-def load_labels(path: str | Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {"mask": z["mask"].astype(np.int64), "meta": json.loads(str(z["meta"]))}
-
-
 def regenerate(cfg: Config, meta: dict, gen: LabelGenerator | None = None) -> np.ndarray:
     """Re-sample one generated label map from its ``meta`` record."""
     gen = gen or LabelGenerator(cfg, cfg.run.device)
@@ -226,7 +205,7 @@ def regenerate(cfg: Config, meta: dict, gen: LabelGenerator | None = None) -> np
 
 def statistics(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     """Per-label voxel fraction, real (training maps) vs generated, and how often a prompted organ is present."""
-    names = _names(cfg)
+    names = labelmaps.label_names(cfg.workdir)
     real = items.masks(torch.arange(len(items))).numpy()
     gens = [load_labels(f) for f in sorted((_folder(cfg) / LABELS).glob("gen_*.npz"))]
     out = {"real_maps": len(real), "generated_maps": len(gens), "labels": {}}

@@ -5,7 +5,7 @@
 ``morph/labels/<key>_v<k>.npz`` (``mask`` in the curated item layout + ``meta``: id, origin
 mask id, seed, recipe hash, drawn parameters, volumes), which ``mrgen synthesize`` renders when
 ``sample.masks`` includes ``morphed``. Distances are in mm: the voxel spacing of the curated
-item layout is derived from the row's original spacing and shape (:func:`item_spacing`).
+item layout is derived from the row's original spacing and shape (:func:`mrgen.labelmaps.item_spacing`).
 """
 
 from __future__ import annotations
@@ -15,25 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mrgen import seeds
 from mrgen.config import Config
+from mrgen.labelmaps import label_names, load_labels, organs_in, save_labels
 from mrgen.morph.core import MorphError
 from mrgen.morph.recipe import apply_recipe, load_recipe
-from mrgen.morph.stage import _json, derive_seed, recipe_hash
+from mrgen.morph.stage import _json, recipe_hash
 
 FOLDER = "morph"
-
-
-def item_spacing(cfg: Config, row: dict) -> tuple:
-    """mm per voxel of a curated item: ``(x, y)`` for 2D slices, ``(z, x, y)`` for 3D volumes.
-
-    Curation pads each slice to a square in mm and resizes it to ``data.image_size``; 3D items are
-    further resampled to ``data.depth`` slices."""
-    sx, sy, sz = (list(row.get("spacing") or [1.0, 1.0, 1.0]) + [1.0])[:3]
-    nx, ny, nz = (list(row.get("orig_shape") or [cfg.data.image_size] * 3) + [1])[:3]
-    inplane = max(nx * sx, ny * sy) / cfg.data.image_size
-    if cfg.data.spatial_dims == 2:
-        return (inplane, inplane)
-    return (nz * sz / cfg.data.depth, inplane, inplane)
 
 
 def _inputs(cfg: Config) -> list[dict]:
@@ -46,21 +35,20 @@ def _inputs(cfg: Config) -> list[dict]:
     return mask_items(cfg, kinds=(kind,))
 
 
-def run(cfg: Config) -> dict:
-    from mrgen.labelgen.stage import _names, load_labels, organs_in, save_labels
-
+def morph_run_masks(cfg: Config) -> dict:
+    """The morph stage of ``mrgen run``: ``morph.variants`` edits of every mask of ``morph.apply_to`` (module doc)."""
     if not cfg.morph.recipe:
         raise MorphError("morph.recipe is empty; give a YAML recipe, e.g. morph.recipe=ventriculomegaly")
     recipe = load_recipe(cfg.morph.recipe)
     rhash = recipe_hash(recipe)
     out = cfg.workdir / FOLDER / "labels"
-    names = _names(cfg)
+    names = label_names(cfg.workdir)
     written = skipped = 0
     items = _inputs(cfg)
     for item in items:
         for k in range(cfg.morph.variants):
             key = f"{item['key']}_v{k}"
-            seed = derive_seed(cfg.morph.seed, item["id"], k)
+            seed = seeds.derive(cfg.morph.seed, item["id"], k)
             f = out / f"{key}.npz"
             if f.exists():
                 old = load_labels(f)["meta"]
@@ -85,7 +73,6 @@ def run(cfg: Config) -> dict:
 
 def figure(cfg: Config, items: list[dict]) -> Path | None:
     """``morph/preview.png``: the first morphed mask before / after / changed, orthogonal views."""
-    from mrgen.labelgen.stage import load_labels
     from mrgen.morph.preview import save_preview
 
     files = sorted((cfg.workdir / FOLDER / "labels").glob("*.npz"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from mrgen import seeds
 from mrgen.io import atomic_path, file_hash, read_image, write_nifti
 from mrgen.morph.core import MorphError
 from mrgen.morph.preview import save_preview
@@ -29,11 +29,6 @@ def stem_of(path) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return Path(path).stem
-
-
-def derive_seed(seed: int, stem: str, variant: int) -> int:
-    """Seed of one (case, variant): independent of the file order and of other cases."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(stem.encode()), int(variant)]).generate_state(1)[0])
 
 
 def recipe_hash(recipe) -> str:
@@ -109,7 +104,8 @@ def _morph_one(img, recipe, seed: int):
     return (new[:, :, None] if flat else new), record
 
 
-def run(cfg) -> dict:
+def morph_files(cfg) -> dict:
+    """``mrgen morph``: every NIfTI label file of ``morph.inputs`` edited ``morph.variants`` times (see the module doc)."""
     m = cfg.morph
     if m.variants < 1:
         raise MorphError(f"morph.variants must be >= 1, got {m.variants}")
@@ -128,7 +124,7 @@ def run(cfg) -> dict:
         stem, src_hash, img = stem_of(path), file_hash(path), None
         for k in range(m.variants):
             out = out_dir / f"{stem}_v{k}.nii.gz"
-            seed = derive_seed(m.seed, stem, k)
+            seed = seeds.derive(m.seed, stem, k)  # independent of the file order and of other cases
             old = records.get(out.name)
             if out.exists() and old and (old.get("seed"), old.get("recipe_hash"), old.get("source_hash")) == (seed, rhash, src_hash):
                 skipped += 1

@@ -133,11 +133,8 @@ DENOISERS = (UNetDenoiser, ControlledUNet, ConcatUNet)
 
 
 def as_denoiser(net: nn.Module) -> nn.Module:
-    """``net`` if it is a denoiser; a bare ``DiffusionModelUNet`` becomes ``UNetDenoiser(net)`` (text-only
-    callers such as labelgen pass their UNet directly); anything else is an error."""
+    """``net`` when it is a denoiser (:data:`DENOISERS`), else a clear error (a bare UNet is ``UNetDenoiser(unet)``)."""
     if isinstance(net, DENOISERS):
         return net
-    if isinstance(net, DiffusionModelUNet):
-        return UNetDenoiser(net)
     raise TypeError(f"expected a denoiser (mrgen.nets.UNetDenoiser, ControlledUNet or ConcatUNet), got {type(net).__name__}; "
-                    "wrap a ControlNet as ControlledUNet(unet, controller, conditioning_scale)")
+                    "wrap a bare UNet as UNetDenoiser(unet) and a ControlNet as ControlledUNet(unet, controller, scale)")

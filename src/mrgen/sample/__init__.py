@@ -12,16 +12,13 @@ Shard with ``sample.shard=i/n`` (mask i, i+n, ...) to spread work over processes
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mrgen import io, prompts
+from mrgen import io, prompts, seeds
 from mrgen.config import Config
 from mrgen.sample.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
 
@@ -29,8 +26,8 @@ SYNTH = "synth"
 
 
 def candidate_seed(base: int, mask_id: str, candidate: int) -> int:
-    h = hashlib.sha256(f"{base}|{mask_id}|{candidate}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+    """Seed of one candidate: :func:`mrgen.seeds.derive` of ``(sample.seed, mask id, candidate index)``."""
+    return seeds.derive(base, mask_id, candidate)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:

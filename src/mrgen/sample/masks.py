@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -44,17 +43,14 @@ def source_masks(index, cfg: Config) -> list[dict]:
 
 
 def load_row_mask(cfg: Config, row: dict) -> np.ndarray:
-    from mrgen.curate.dataset import load_mask, resize_volume
+    """The mask of curated ``row`` in the item shape (``(H, W)`` or ``(Z, H, W)``), int64."""
+    from mrgen.curate.dataset import item_shape, load_row
 
-    mask = load_mask(cfg.workdir / "curated", row)
-    if cfg.data.spatial_dims == 3:
-        size = cfg.data.image_size
-        mask = resize_volume(mask, (cfg.data.depth, size, size), order=0)
-    return mask.astype(np.int64)
+    return load_row(cfg.workdir / "curated", row, item_shape(cfg), image=False)[1]
 
 
 def _file_items(cfg: Config, kind: str) -> list[dict]:
-    from mrgen.labelgen.stage import load_labels
+    from mrgen.labelmaps import load_labels
 
     folder = cfg.workdir.joinpath(*FOLDERS[kind])
     items = []
@@ -70,7 +66,7 @@ def _file_items(cfg: Config, kind: str) -> list[dict]:
 def mask_items(cfg: Config, index=None, kinds: tuple | None = None) -> list[dict]:
     """The masks of ``kinds`` (default ``sample.masks``), source first, each sorted by id."""
     from mrgen.curate.index import Index
-    from mrgen.morph.masks import item_spacing
+    from mrgen.labelmaps import item_spacing
 
     kinds = tuple(kinds or cfg.sample.masks)
     out: list[dict] = []

@@ -45,21 +45,21 @@ def load_rows(root, rows: list[dict], shape: tuple | None = None) -> tuple[np.nd
     ``shape``: resample a volume row to this (Z, X, Y) (3D models); ignored for slice rows. The mask is
     the segmentation ground truth: context labels (``curated/context.json``) are background.
     """
-    from mrgen.curate.dataset import load_image, load_mask, resize_volume
-    from mrgen.curate.labels import context_values, strip_context
+    from mrgen.curate.dataset import load_row
+    from mrgen.curate.labels import context_values
 
     drop = context_values(root)
     if _is_slice(rows[0]):
-        img = np.stack([load_image(root, r)[0] for r in rows]).astype(np.float32)
-        msk = np.stack([load_mask(root, r) for r in rows]).astype(np.int64)
-        return img, strip_context(msk, drop), _spacing(rows[0], img.shape[1:])
+        pairs = [load_row(root, r, drop_context=drop) for r in rows]
+        img = np.stack([p[0] for p in pairs]).astype(np.float32)
+        msk = np.stack([p[1] for p in pairs]).astype(np.int64)
+        return img, msk, _spacing(rows[0], img.shape[1:])
     r = rows[0]
-    img, msk = load_image(root, r)[0], strip_context(load_mask(root, r), drop)
-    sp = _spacing(r, img.shape)
-    if shape is not None and tuple(shape) != tuple(img.shape):
-        sp = tuple(s * a / b for s, a, b in zip(sp, img.shape, shape))
-        img = resize_volume(img, tuple(shape), order=1)
-        msk = resize_volume(msk, tuple(shape), order=0)
+    img, msk = load_row(root, r, shape, drop_context=drop)
+    stored = tuple(int(s) for s in r["shape"])  # the stored (Z, X, Y), before load_row resamples it
+    sp = _spacing(r, stored)
+    if shape is not None and tuple(shape) != stored:  # mm per voxel scales with stored / new size
+        sp = tuple(s * a / b for s, a, b in zip(sp, stored, shape))
     return img.astype(np.float32), msk.astype(np.int64), sp
 
 
