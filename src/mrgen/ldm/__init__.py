@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mrgen.autoencoder.data import Items, data_hash, kind_of, label_names, no_organ_prompt, open_index
+from mrgen.autoencoder.data import Items, data_hash, item_shape, kind_of, label_names, no_organ_prompt, open_index
 from mrgen.config import Config
 from mrgen.contract import config_of
 from mrgen.prompts import EMPTY_PROMPT, build_prompt
@@ -118,15 +118,9 @@ def cached_latents(cfg: Config, ae, ae_meta: dict, rows: list[dict], items: Item
         mu, sigma = encode_posterior(ae, it)
         return {"mu": mu, "sigma": sigma}
 
-    tag = json.dumps({"ae": ae_meta.get("sha256", ""), "shape": list(_shape(cfg))})
+    tag = json.dumps({"ae": ae_meta.get("sha256", ""), "shape": list(item_shape(cfg))})
     out = keyed_cache(cfg.workdir / STAGE / LATENTS, tag, list(by_key), compute, cfg.run.device)
     return out["mu"], out["sigma"]
-
-
-def _shape(cfg: Config) -> tuple:
-    from mrgen.autoencoder.data import item_shape
-
-    return item_shape(cfg)
 
 
 def text_bank(cfg: Config, text, prompts: list[str], folder: Path | None = None) -> torch.Tensor:
@@ -239,7 +233,7 @@ def run(cfg: Config) -> dict:
             else text.encode(shown, device=device)
         unc = cond.context(torch.zeros(1, dtype=torch.long), device)
         f = latent_factor(cfg)
-        shape = (len(shown), cfg.autoencoder.latent_channels, *[s // f for s in _shape(cfg)])
+        shape = (len(shown), cfg.autoencoder.latent_channels, *[s // f for s in item_shape(cfg)])
         lat = sample(den, make_ddim(cfg.diffusion, min(cfg.sample.ddim_steps, 25)), ctx, unc, shape,
                      list(range(len(shown))), cfg.sample.guidance)
         train.save_grid(path, [decode(ae, lat, scale).clamp(-1, 1)])
