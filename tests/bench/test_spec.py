@@ -94,3 +94,25 @@ def test_overrides_and_errors(tmp_path):
         S.load(path, [f"data_root={tmp_path}", "folds_=1"])
     with pytest.raises(S.BenchError, match="data folder not found"):
         S.load(path, [f"data_root={tmp_path / 'nope'}"])
+
+
+def test_a_data_root_is_needed_only_when_the_manifest_uses_it(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("MRGEN_SHARED_DATA", str(tmp_path / "nowhere"))
+    tree = yaml.safe_load((REPO / "benchmarks" / "spinalcord_t2_to_t1.yaml").read_text())
+    tree.pop("data_root", None)
+    tree["manifest"] = yaml.safe_load((REPO / "examples" / "spinalcord.yaml").read_text())  # embedded
+    for ds in tree["manifest"]["datasets"]:
+        ds["root"] = str(tmp_path / "data" / "spinalcord")  # absolute: no data root involved
+    absolute = tmp_path / "absolute.yaml"
+    absolute.write_text(yaml.safe_dump(tree))
+    spec = S.load(absolute)
+    assert spec.data_root is None
+    assert S.write_manifest(spec, tmp_path).read_text().count(str(tmp_path / "data" / "spinalcord")) == len(tree["manifest"]["datasets"])
+    for ds in tree["manifest"]["datasets"]:
+        ds["root"] = "spinalcord"  # relative to the data root, which does not exist
+    relative = tmp_path / "relative.yaml"
+    relative.write_text(yaml.safe_dump(tree))
+    with pytest.raises(S.BenchError, match="data folder not found"):
+        S.load(relative)

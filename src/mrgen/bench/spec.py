@@ -55,7 +55,7 @@ class Spec:
     name: str
     path: Path
     tree: dict  # the whole resolved definition (after overrides)
-    data_root: Path
+    data_root: Path | None  # None: the manifest names only absolute roots
     folds: list = field(default_factory=list)
     manifest: dict = field(default_factory=dict)  # the curate manifest (roots as written)
     manifest_base: Path = Path(".")  # relative dataset roots are relative to this folder
@@ -90,6 +90,23 @@ def data_root(tree: dict, bench_path: Path) -> Path:
                      f"set MRGEN_SHARED_DATA or pass data_root=/path/to/shared/data")
 
 
+_SHARED = ("${MRGEN_SHARED_DATA", "$MRGEN_SHARED_DATA")
+
+
+def _needs_data_root(tree: dict, bench_path: Path) -> bool:
+    """A data root is needed only when the manifest uses it: ``data_root`` is given, a dataset root names
+    ``$MRGEN_SHARED_DATA``, or an embedded manifest has a relative root (relative to the data root)."""
+    if tree.get("data_root"):
+        return True
+    raw = tree.get("manifest")
+    if isinstance(raw, dict):
+        roots = [str(d.get("root", ".")) for d in raw.get("datasets", [])]
+        return any(any(v in r for v in _SHARED) or not Path(os.path.expanduser(r)).is_absolute() for r in roots)
+    mpath = Path(os.path.expanduser(str(raw)))
+    mpath = mpath if mpath.is_absolute() else bench_path.parent / mpath
+    return mpath.is_file() and any(v in mpath.read_text() for v in _SHARED)
+
+
 def load(path: str | Path, overrides: list | tuple = (), methods=()) -> Spec:
     """The benchmark at ``path`` with dotted ``overrides``; ``methods``: the known method names to check against."""
     path = Path(path)
@@ -111,8 +128,9 @@ def load(path: str | Path, overrides: list | tuple = (), methods=()) -> Spec:
     for sec in ("data", "curate"):
         if sec in (tree.get("engine") or {}):
             raise BenchError(f"{path}: engine.{sec} is not allowed; every method reads the same curated data (set config.{sec})")
-    spec = Spec(str(tree.get("name") or path.stem), path, tree, data_root(tree, path))
-    spec.manifest, spec.manifest_base = _manifest(tree["manifest"], path, spec.data_root)
+    root = data_root(tree, path) if _needs_data_root(tree, path) else None
+    spec = Spec(str(tree.get("name") or path.stem), path, tree, root)
+    spec.manifest, spec.manifest_base = _manifest(tree["manifest"], path, root)
     run = (tree["config"].get("run") or {})
     same = _canon(run.get("source_modality", "T1")) == _canon(run.get("target_modality", "T2"))
     spec.folds = make_folds(tree["folds"], where=str(path), same_series=same)
