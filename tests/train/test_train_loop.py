@@ -38,7 +38,7 @@ def _toy(tcfg, out, noisy=True, crash_at=None, device="cpu"):
         return F.mse_loss(pred.float(), y)
 
     meta = {"config": {"toy": 1, "train": {"steps": tcfg.steps}}, "data_hash": "abc"}
-    return net, train.fit("toy", out, {"net": net}, ["net"], loss_fn, batch_fn, tcfg, meta, device=device)
+    return net, train.fit(train.Job("toy", out, {"net": net}, ["net"], batch_fn, loss_fn, tcfg, meta, device=device))
 
 
 def _losses(out):
@@ -161,9 +161,9 @@ def test_preview_and_grid(tmp_path):
     train.seed_all(0)
     net = nn.Linear(3, 1)
     tc = replace(TC, steps=2, preview_every=1, ema_decay=0.9)
-    train.fit("toy", tmp_path / "p", {"net": net}, ["net"], lambda b, s: F.mse_loss(net(b[0]), b[1]),
-              lambda s, d: (X[d(N)], Y[d(N)]), tc, {"config": {}, "data_hash": ""},
-              preview_fn=lambda path, step: calls.append((path, step)) or train.save_grid(path, [torch.zeros(1, 1, 4, 4)]))
+    train.fit(train.Job("toy", tmp_path / "p", {"net": net}, ["net"], lambda s, d: (X[d(N)], Y[d(N)]),
+                        lambda b, s: F.mse_loss(net(b[0]), b[1]), tc, {"config": {}, "data_hash": ""},
+                        preview=lambda path, step: calls.append((path, step)) or train.save_grid(path, [torch.zeros(1, 1, 4, 4)])))
     assert [c[1] for c in calls] == [1, 2] and all(c[0].exists() for c in calls)
 
 
