@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mrgen import io, seeds
+from mrgen.checkpoint import load_state, optim_from_flat, optim_to_flat, rng_state, save_state, set_rng
 
 CKPT = "ckpt"
 LOG = "train_log.jsonl"
@@ -120,67 +121,6 @@ def fingerprint(stage: str, meta: dict, tcfg=None) -> str:
     payload = {"stage": stage, "data_hash": meta.get("data_hash", ""), "config": _strip(meta.get("config", {})),
                "train": _strip(to_dict(tcfg)) if tcfg is not None else {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def save_state(folder: Path, tensors: dict, info: dict) -> None:
-    """``state.safetensors`` is the truth (info in its metadata); ``state.json`` is a readable copy."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    text = json.dumps(info, default=io._json_default)
-    with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"state": text})
-    io.write_json(folder / "state.json", info)
-
-
-def load_state(folder: Path) -> tuple[dict, dict] | None:
-    from safetensors import safe_open
-
-    path = folder / "state.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors, info
-
-
-def _optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim/{i}/{k}"] = v
-            else:
-                scalars[f"{i}/{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict, info: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, i, k = key.split("/", 2)
-            state.setdefault(int(i), {})[k] = v
-    for key, v in info["scalars"].items():
-        i, k = key.split("/", 1)
-        state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-def _rng_state() -> tuple[dict, dict]:
-    np_state = np.random.get_state()
-    tensors = {"rng/torch": torch.get_rng_state(), "rng/numpy": torch.from_numpy(np_state[1].astype(np.int64))}
-    return tensors, {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])], "python": random.getstate()}
-
-
-def _set_rng(tensors: dict, info: dict) -> None:
-    torch.set_rng_state(tensors["rng/torch"])
-    name, pos, has_gauss, gauss = info["numpy"]
-    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py = info["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 # ----------------------------------------------------------------------------- previews
@@ -298,10 +238,10 @@ class _Loop:
             for n in job.trainable:
                 pre = f"model/{n}/"
                 job.modules[n].load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
-            _optim_from_flat(self.opt, tensors, info["optim"])
+            optim_from_flat(self.opt, tensors, info["optim"])
             if self.ema is not None:
                 self.ema = [tensors[f"ema/{k}"].to(self.acc.device) for k, _ in self.named]
-            _set_rng(tensors, info["rng"])
+            set_rng(tensors, info["rng"])
             start = int(info["step"])
         if self.world > 1:  # identical start weights on every rank
             import torch.distributed as dist
@@ -351,8 +291,8 @@ class _Loop:
         tensors = {f"model/{n}/{k}": v for n in job.trainable for k, v in job.modules[n].state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema/{k}": e for (k, _), e in zip(self.named, self.ema)})
-        ot, oinfo = _optim_to_flat(self.opt)
-        rt, rinfo = _rng_state()
+        ot, oinfo = optim_to_flat(self.opt)
+        rt, rinfo = rng_state()
         tensors.update(ot)
         tensors.update(rt)
         info = {"schema": 1, "stage": job.stage, "step": step, "fingerprint": self.fp,

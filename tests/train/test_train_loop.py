@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from mrgen import train
+from mrgen import checkpoint, train
 from mrgen.config import TrainCfg
 
 N = 32
@@ -63,25 +63,25 @@ def test_checkpoint_round_trip(tmp_path):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
-    ot, oinfo = train._optim_to_flat(opt)
+    ot, oinfo = checkpoint.optim_to_flat(opt)
     import numpy as np
 
-    rt, rinfo = train._rng_state()
+    rt, rinfo = checkpoint.rng_state()
     first = (torch.rand(3), np.random.rand(3))
     tensors = {**{f"model/net/{k}": v for k, v in net.state_dict().items()}, **ot, **rt}
-    train.save_state(tmp_path, tensors, {"step": 7, "optim": oinfo, "rng": rinfo})
+    checkpoint.save_state(tmp_path, tensors, {"step": 7, "optim": oinfo, "rng": rinfo})
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 7
-    back, info = train.load_state(tmp_path)
+    back, info = checkpoint.load_state(tmp_path)
     assert info["step"] == 7 and set(back) == set(tensors)
     for k in tensors:
         assert torch.equal(back[k], tensors[k].cpu()), k
     opt2 = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=1e-2)
-    train._optim_from_flat(opt2, back, info["optim"])
+    checkpoint.optim_from_flat(opt2, back, info["optim"])
     s1, s2 = opt.state_dict(), opt2.state_dict()
     for i in s1["state"]:
         for k, v in s1["state"][i].items():
             assert torch.equal(v, s2["state"][i][k])
-    train._set_rng(back, info["rng"])  # back to the saved RNG state
+    checkpoint.set_rng(back, info["rng"])  # back to the saved RNG state
     again = (torch.rand(3), np.random.rand(3))
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
 
