@@ -1,6 +1,7 @@
 """One training loop for every trained stage (autoencoder, LDM, controller, segmenter).
 
-:func:`fit` runs ``loss_fn(batch_fn(step, draw), step)`` for ``tcfg.steps`` steps on top of
+:func:`fit` takes a :class:`Job` (what a stage hands over) and runs
+``job.loss(job.batch(step, draw), step)`` for ``job.tcfg.steps`` steps on top of
 ``accelerate.Accelerator`` (1 process, several GPUs, or several CPU processes with gloo), with
 fp32 or bf16 autocast, optional EMA, a rich progress bar, ``train_log.jsonl`` and PNG previews.
 
@@ -12,7 +13,7 @@ is a pure function of ``(seed, step, rank)``: every step reseeds torch/numpy/ran
 same batches, noise and timesteps, and logs the same losses, as an uninterrupted one.
 
 Multi-process: gradients of the trainable parameters are averaged with one all-reduce per
-step (no DDP wrapper, so ``loss_fn`` may call the modules directly); ``tcfg.batch_size`` is
+step (no DDP wrapper, so ``job.loss`` may call the modules directly); ``tcfg.batch_size`` is
 the global batch, each of the N processes draws ``batch_size // N``.
 """
 
@@ -22,15 +23,17 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from mrgen import io, seeds
+from mrgen.checkpoint import load_state, optim_from_flat, optim_to_flat, rng_state, save_state, set_rng
 
 CKPT = "ckpt"
 LOG = "train_log.jsonl"
@@ -120,67 +123,6 @@ def fingerprint(stage: str, meta: dict, tcfg=None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def save_state(folder: Path, tensors: dict, info: dict) -> None:
-    """``state.safetensors`` is the truth (info in its metadata); ``state.json`` is a readable copy."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    text = json.dumps(info, default=io._json_default)
-    with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"state": text})
-    io.write_json(folder / "state.json", info)
-
-
-def load_state(folder: Path) -> tuple[dict, dict] | None:
-    from safetensors import safe_open
-
-    path = folder / "state.safetensors"
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors, info
-
-
-def _optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim/{i}/{k}"] = v
-            else:
-                scalars[f"{i}/{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict, info: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, i, k = key.split("/", 2)
-            state.setdefault(int(i), {})[k] = v
-    for key, v in info["scalars"].items():
-        i, k = key.split("/", 1)
-        state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-def _rng_state() -> tuple[dict, dict]:
-    np_state = np.random.get_state()
-    tensors = {"rng/torch": torch.get_rng_state(), "rng/numpy": torch.from_numpy(np_state[1].astype(np.int64))}
-    return tensors, {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])], "python": random.getstate()}
-
-
-def _set_rng(tensors: dict, info: dict) -> None:
-    torch.set_rng_state(tensors["rng/torch"])
-    name, pos, has_gauss, gauss = info["numpy"]
-    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py = info["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
 # ----------------------------------------------------------------------------- previews
 
 
@@ -200,177 +142,252 @@ def save_grid(path: str | Path, rows: list[torch.Tensor]) -> Path:
     return Path(path)
 
 
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclass
+class Job:
+    """What a stage hands to :func:`fit`.
+
+    ``batch(step, draw) -> batch`` builds this process's batch (``draw(n_items, k=None, salt=0)``
+    gives its indices); ``loss(batch, step) -> scalar`` tensor; ``preview(path, step)`` writes a
+    PNG (called on the EMA weights, in eval mode, under ``no_grad``); ``finalize(modules) -> dict``
+    adds meta (on the EMA weights, before export). ``export`` maps module name ->
+    ``(subfolder of out, kind)``; ``None`` means first trainable -> ``("", stage)``, i.e.
+    ``out/model.safetensors`` + ``model.json``. ``meta`` must hold ``config`` and ``data_hash``
+    (both go into the resume fingerprint). ``tcfg`` is a :class:`mrgen.config.TrainCfg`.
+    """
+
+    stage: str
+    out: Path
+    modules: dict[str, nn.Module]
+    trainable: list[str]
+    batch: Callable
+    loss: Callable
+    tcfg: Any
+    meta: dict
+    preview: Callable | None = None
+    finalize: Callable | None = None
+    export: dict[str, tuple[str, str]] | None = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        where = f"train.Job({self.stage!r})"
+        if not isinstance(self.stage, str) or not self.stage:
+            raise TrainError(f"train.Job: stage must be a non-empty name, got {self.stage!r}")
+        self.out = Path(self.out)
+        if not isinstance(self.modules, dict) or not self.modules or not all(
+                isinstance(m, nn.Module) for m in self.modules.values()):
+            raise TrainError(f"{where}: modules must be a non-empty dict name -> torch.nn.Module")
+        self.trainable = list(self.trainable)
+        unknown = [n for n in self.trainable if n not in self.modules]
+        if not self.trainable or unknown or len(set(self.trainable)) != len(self.trainable):
+            raise TrainError(f"{where}: trainable must list distinct names from modules {sorted(self.modules)}, "
+                             f"got {self.trainable}" + (f" ({unknown} not in modules)" if unknown else ""))
+        for name in ("batch", "loss"):
+            if not callable(getattr(self, name)):
+                raise TrainError(f"{where}: {name} must be a function, got {type(getattr(self, name)).__name__}")
+        for name in ("preview", "finalize"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TrainError(f"{where}: {name} must be a function or None")
+        missing = [k for k in ("config", "data_hash") if k not in (self.meta if isinstance(self.meta, dict) else {})]
+        if missing:
+            raise TrainError(f"{where}: meta must be a dict holding 'config' and 'data_hash' (the resume "
+                             f"fingerprint); missing {missing}")
+        if not all(hasattr(self.tcfg, k) for k in ("steps", "batch_size", "lr", "seed", "ema_decay")):
+            raise TrainError(f"{where}: tcfg must be a mrgen.config.TrainCfg, got {type(self.tcfg).__name__}")
+        self.export = dict(self.export or {self.trainable[0]: ("", self.stage)})
+        bad = {n: v for n, v in self.export.items()
+               if n not in self.modules or not (isinstance(v, (tuple, list)) and len(v) == 2)}
+        if bad:
+            raise TrainError(f"{where}: export must map names from modules {sorted(self.modules)} to "
+                             f"(subfolder, kind); bad entries {bad}")
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
-def fit(
-    stage: str,
-    out_dir: str | Path,
-    modules: dict[str, nn.Module],
-    trainable: list[str],
-    loss_fn: Callable,
-    batch_fn: Callable,
-    tcfg,
-    meta: dict,
-    preview_fn: Callable | None = None,
-    export: dict[str, tuple[str, str]] | None = None,
-    finalize: Callable | None = None,
-    device: str = "cpu",
-) -> dict:
-    """Train ``modules[trainable]`` and export them with :func:`mrgen.nets.save_model`.
+class _Loop:
+    """The live state of one :func:`fit` run: accelerator, optimizer, EMA and checkpoint folder."""
 
-    ``batch_fn(step, draw) -> batch`` (``draw(n_items, k=None, salt=0)`` gives this process's
-    indices), ``loss_fn(batch, step) -> scalar``, ``preview_fn(path, step)`` writes a PNG,
-    ``finalize(modules) -> dict`` adds meta (runs on the EMA weights before export).
-    ``export`` maps module name -> (subfolder of ``out_dir``, kind); default: first trainable ->
-    ``("", stage)``, i.e. ``out_dir/model.safetensors`` + ``model.json``.
-    ``meta`` must hold ``config`` and ``data_hash``. Returns a summary dict.
-    """
-    from mrgen.nets import save_model
+    def __init__(self, job: Job, fp: str):
+        self.job, self.fp, self.ckpt = job, fp, job.out / CKPT
+        self.acc = acc = make_accelerator(job.tcfg.precision, job.device)
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.size = max(1, job.tcfg.batch_size // self.world)
+        for name, m in job.modules.items():
+            m.to(acc.device)
+            m.train(name in job.trainable)
+            m.requires_grad_(name in job.trainable)
+        self.named = [(f"{n}/{k}", p) for n in job.trainable for k, p in job.modules[n].named_parameters()]
+        self.params = [p for _, p in self.named]
+        self.opt = torch.optim.AdamW(self.params, lr=job.tcfg.lr, weight_decay=0.0)
+        self.ema = [p.detach().float().clone() for p in self.params] if job.tcfg.ema_decay > 0 else None
+        self.log_path = job.out / LOG
 
-    out = Path(out_dir)
-    export = export or {trainable[0]: ("", stage)}
-    fp = fingerprint(stage, meta, tcfg)
-    done = out / next(iter(export.values()))[0] / "model.json"
-    if done.exists():
-        old = io.read_json(done)
-        if old.get("fingerprint") == fp and old.get("step") == tcfg.steps:
-            return {"stage": stage, "step": old["step"], "skipped": True, "out": str(out)}
+    def resume(self) -> int:
+        """Load a matching checkpoint (if any), sync ranks, trim the log; returns the start step."""
+        job, start = self.job, 0
+        state = load_state(self.ckpt)
+        if state is not None and state[1].get("fingerprint") != self.fp:
+            if self.main:
+                self.acc.print(f"[{job.stage}] checkpoint in {self.ckpt} is for other data/config; starting fresh")
+            state = None
+        if state is not None:
+            tensors, info = state
+            for n in job.trainable:
+                pre = f"model/{n}/"
+                job.modules[n].load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+            optim_from_flat(self.opt, tensors, info["optim"])
+            if self.ema is not None:
+                self.ema = [tensors[f"ema/{k}"].to(self.acc.device) for k, _ in self.named]
+            set_rng(tensors, info["rng"])
+            start = int(info["step"])
+        if self.world > 1:  # identical start weights on every rank
+            import torch.distributed as dist
 
-    acc = make_accelerator(tcfg.precision, device)
-    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
-    size = max(1, tcfg.batch_size // world)
-    for name, m in modules.items():
-        m.to(acc.device)
-        m.train(name in trainable)
-        m.requires_grad_(name in trainable)
-    named = [(f"{n}/{k}", p) for n in trainable for k, p in modules[n].named_parameters()]
-    params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=0.0)
-    ema = [p.detach().float().clone() for p in params] if tcfg.ema_decay > 0 else None
+            for t in self.params + (self.ema or []):
+                dist.broadcast(t.data, 0)
+        if self.main:  # drop log lines past the checkpoint so a resumed log equals an uninterrupted one
+            job.out.mkdir(parents=True, exist_ok=True)
+            old = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+            kept = [ln for ln in old if json.loads(ln)["step"] <= start]
+            with io.atomic_path(self.log_path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in kept))
+        return start
 
-    start, ckpt = 0, out / CKPT
-    state = load_state(ckpt)
-    if state is not None and state[1].get("fingerprint") != fp:
-        if main:
-            acc.print(f"[{stage}] checkpoint in {ckpt} is for other data/config; starting fresh")
-        state = None
-    if state is not None:
-        tensors, info = state
-        for n in trainable:
-            pre = f"model/{n}/"
-            modules[n].load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
-        _optim_from_flat(opt, tensors, info["optim"])
-        if ema is not None:
-            ema = [tensors[f"ema/{k}"].to(acc.device) for k, _ in named]
-        _set_rng(tensors, info["rng"])
-        start = int(info["step"])
-    if world > 1:  # identical start weights on every rank
-        import torch.distributed as dist
+    def step(self, step: int) -> float:
+        """One optimizer step; returns the (process-averaged) loss."""
+        job, tcfg, acc = self.job, self.job.tcfg, self.acc
+        seed_all(step_seed(tcfg.seed, step, self.rank))
+        batch = job.batch(step, Draw(tcfg.seed, step, self.rank, self.world, self.size))
+        with acc.autocast():
+            loss = job.loss(batch, step)
+        self.opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if self.world > 1:
+            _allreduce_grads(acc, self.params)
+        if getattr(tcfg, "grad_clip", 0) > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, tcfg.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.params, ema_decay_at(tcfg.ema_decay, step))
+        value = float(acc.reduce(loss.detach().float(), reduction="mean")) if self.world > 1 else float(loss.detach())
+        if not np.isfinite(value):
+            raise TrainError(f"[{job.stage}] loss became {value} at step {step + 1}; "
+                             f"lower {job.stage}.train.lr or use precision=fp32")
+        return value
 
-        for p in params:
-            dist.broadcast(p.data, 0)
-        if ema is not None:
-            for e in ema:
-                dist.broadcast(e, 0)
+    def log(self, step: int, loss: float, ips: float) -> None:
+        if self.main:
+            rec = {"step": step, "loss": loss, "lr": self.job.tcfg.lr, "images_per_s": round(ips, 2), "time": time.time()}
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
 
-    log_path = out / LOG
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = [ln for ln in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(ln)["step"] <= start]
-        with io.atomic_path(log_path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-
-    def checkpoint(step: int) -> None:
-        if not main:
+    def checkpoint(self, step: int) -> None:
+        if not self.main:
             return
-        tensors = {f"model/{n}/{k}": v for n in trainable for k, v in modules[n].state_dict().items()}
-        if ema is not None:
-            tensors.update({f"ema/{k}": e for (k, _), e in zip(named, ema)})
-        ot, oinfo = _optim_to_flat(opt)
-        rt, rinfo = _rng_state()
+        job = self.job
+        tensors = {f"model/{n}/{k}": v for n in job.trainable for k, v in job.modules[n].state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema/{k}": e for (k, _), e in zip(self.named, self.ema)})
+        ot, oinfo = optim_to_flat(self.opt)
+        rt, rinfo = rng_state()
         tensors.update(ot)
         tensors.update(rt)
-        info = {"schema": 1, "stage": stage, "step": step, "fingerprint": fp, "data_hash": meta.get("data_hash", ""),
-                "config": meta.get("config", {}), "world": world, "optim": oinfo, "rng": rinfo}
-        save_state(ckpt, tensors, info)
+        info = {"schema": 1, "stage": job.stage, "step": step, "fingerprint": self.fp,
+                "data_hash": job.meta.get("data_hash", ""), "config": job.meta.get("config", {}),
+                "world": self.world, "optim": oinfo, "rng": rinfo}
+        save_state(self.ckpt, tensors, info)
 
-    def swap_ema() -> None:  # exchange live and EMA weights (call twice to undo)
-        if ema is None:
+    def swap_ema(self) -> None:
+        """Exchange live and EMA weights (call twice to undo)."""
+        if self.ema is None:
             return
         with torch.no_grad():
-            for p, e in zip(params, ema):
+            for p, e in zip(self.params, self.ema):
                 live = p.detach().float().clone()
                 p.copy_(e.to(p.dtype))
                 e.copy_(live)
 
-    def preview(step: int) -> None:
-        if not (main and preview_fn):
+    def preview(self, step: int) -> None:
+        job = self.job
+        if not (self.main and job.preview):
             return
-        swap_ema()
-        for m in modules.values():
+        self.swap_ema()
+        for m in job.modules.values():
             m.eval()
         with torch.no_grad():
-            preview_fn(out / "previews" / f"step_{step:07d}.png", step)
-        for n in trainable:
-            modules[n].train()
-        swap_ema()
+            job.preview(job.out / "previews" / f"step_{step:07d}.png", step)
+        for n in job.trainable:
+            job.modules[n].train()
+        self.swap_ema()
 
+    def export(self, step: int) -> None:
+        """Save the EMA weights of every exported module with :func:`mrgen.nets.save_model`."""
+        from mrgen.nets import save_model
+
+        job = self.job
+        if not self.main:
+            return
+        self.swap_ema()
+        for m in job.modules.values():
+            m.eval()
+        with torch.no_grad():
+            extras = job.finalize(job.modules) if job.finalize else {}
+        full = {**job.meta, **extras, "stage": job.stage, "step": step, "fingerprint": self.fp,
+                "ema_decay": job.tcfg.ema_decay}
+        for name, (sub, kind) in job.export.items():
+            save_model(job.out / sub, kind, job.modules[name], full)
+        self.swap_ema()
+
+
+def fit(job: Job) -> dict:
+    """Train ``job.modules[job.trainable]`` for ``job.tcfg.steps`` steps and export them (EMA weights).
+
+    Skips (returns ``skipped: True``) when the export is already there for the same fingerprint
+    and step count. Returns ``{"stage", "step", "loss", "skipped", "out"}``.
+    """
+    if not isinstance(job, Job):
+        raise TrainError(f"train.fit takes a train.Job, got {type(job).__name__}; wrap the stage's arguments "
+                         "in train.Job(stage=..., out=..., modules=..., trainable=..., batch=..., loss=..., ...)")
+    tcfg, stage = job.tcfg, job.stage
+    fp = fingerprint(stage, job.meta, tcfg)
+    done = job.out / next(iter(job.export.values()))[0] / "model.json"
+    if done.exists():
+        old = io.read_json(done)
+        if old.get("fingerprint") == fp and old.get("step") == tcfg.steps:
+            return {"stage": stage, "step": old["step"], "skipped": True, "out": str(job.out)}
+
+    loop = _Loop(job, fp)
+    start = loop.resume()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
-                   disable=not main)
+                   disable=not loop.main)
     window, t0, last = [], time.perf_counter(), float("nan")
     with bar:
         task = bar.add_task(stage, total=tcfg.steps, completed=start, loss=float("nan"), ips=0.0)
         for step in range(start, tcfg.steps):
-            seed_all(step_seed(tcfg.seed, step, rank))
-            batch = batch_fn(step, Draw(tcfg.seed, step, rank, world, size))
-            with acc.autocast():
-                loss = loss_fn(batch, step)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if world > 1:
-                _allreduce_grads(acc, params)
-            if getattr(tcfg, "grad_clip", 0) > 0:
-                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                ema_update(ema, params, ema_decay_at(tcfg.ema_decay, step))
-            value = float(acc.reduce(loss.detach().float(), reduction="mean")) if world > 1 else float(loss.detach())
-            if not np.isfinite(value):
-                raise TrainError(f"[{stage}] loss became {value} at step {step + 1}; lower {stage}.train.lr or use precision=fp32")
-            window.append(value)
+            window.append(loop.step(step))
             done_steps = step + 1
             if done_steps % max(1, tcfg.log_every) == 0 or done_steps == tcfg.steps:
-                ips = len(window) * size * world / max(time.perf_counter() - t0, 1e-9)
+                ips = len(window) * loop.size * loop.world / max(time.perf_counter() - t0, 1e-9)
                 last = float(np.mean(window))
-                if main:
-                    rec = {"step": done_steps, "loss": last, "lr": tcfg.lr, "images_per_s": round(ips, 2), "time": time.time()}
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                loop.log(done_steps, last, ips)
                 bar.update(task, completed=done_steps, loss=last, ips=ips)
                 window, t0 = [], time.perf_counter()
             if tcfg.ckpt_every and done_steps % tcfg.ckpt_every == 0 and done_steps < tcfg.steps:
-                checkpoint(done_steps)
+                loop.checkpoint(done_steps)
             if tcfg.preview_every and done_steps % tcfg.preview_every == 0:
-                preview(done_steps)
+                loop.preview(done_steps)
     final = max(start, tcfg.steps)
-    checkpoint(final)
-    acc.wait_for_everyone()
-    if main:
-        swap_ema()  # export the EMA weights
-        for m in modules.values():
-            m.eval()
-        with torch.no_grad():
-            extras = finalize(modules) if finalize else {}
-        full = {**meta, **extras, "stage": stage, "step": final, "fingerprint": fp, "ema_decay": tcfg.ema_decay}
-        for name, (sub, kind) in export.items():
-            save_model(out / sub, kind, modules[name], full)
-        swap_ema()
-    acc.wait_for_everyone()
-    return {"stage": stage, "step": final, "loss": last, "skipped": False, "out": str(out)}
+    loop.checkpoint(final)
+    loop.acc.wait_for_everyone()
+    loop.export(final)
+    loop.acc.wait_for_everyone()
+    return {"stage": stage, "step": final, "loss": last, "skipped": False, "out": str(job.out)}
 
 
 def _allreduce_grads(acc, params: list[torch.Tensor]) -> None:

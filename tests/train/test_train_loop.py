@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from mrgen import train
+from mrgen import checkpoint, train
 from mrgen.config import TrainCfg
 
 N = 32
@@ -38,7 +38,7 @@ def _toy(tcfg, out, noisy=True, crash_at=None, device="cpu"):
         return F.mse_loss(pred.float(), y)
 
     meta = {"config": {"toy": 1, "train": {"steps": tcfg.steps}}, "data_hash": "abc"}
-    return net, train.fit("toy", out, {"net": net}, ["net"], loss_fn, batch_fn, tcfg, meta, device=device)
+    return net, train.fit(train.Job("toy", out, {"net": net}, ["net"], batch_fn, loss_fn, tcfg, meta, device=device))
 
 
 def _losses(out):
@@ -63,25 +63,25 @@ def test_checkpoint_round_trip(tmp_path):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
-    ot, oinfo = train._optim_to_flat(opt)
+    ot, oinfo = checkpoint.optim_to_flat(opt)
     import numpy as np
 
-    rt, rinfo = train._rng_state()
+    rt, rinfo = checkpoint.rng_state()
     first = (torch.rand(3), np.random.rand(3))
     tensors = {**{f"model/net/{k}": v for k, v in net.state_dict().items()}, **ot, **rt}
-    train.save_state(tmp_path, tensors, {"step": 7, "optim": oinfo, "rng": rinfo})
+    checkpoint.save_state(tmp_path, tensors, {"step": 7, "optim": oinfo, "rng": rinfo})
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 7
-    back, info = train.load_state(tmp_path)
+    back, info = checkpoint.load_state(tmp_path)
     assert info["step"] == 7 and set(back) == set(tensors)
     for k in tensors:
         assert torch.equal(back[k], tensors[k].cpu()), k
     opt2 = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=1e-2)
-    train._optim_from_flat(opt2, back, info["optim"])
+    checkpoint.optim_from_flat(opt2, back, info["optim"])
     s1, s2 = opt.state_dict(), opt2.state_dict()
     for i in s1["state"]:
         for k, v in s1["state"][i].items():
             assert torch.equal(v, s2["state"][i][k])
-    train._set_rng(back, info["rng"])  # back to the saved RNG state
+    checkpoint.set_rng(back, info["rng"])  # back to the saved RNG state
     again = (torch.rand(3), np.random.rand(3))
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
 
@@ -161,9 +161,9 @@ def test_preview_and_grid(tmp_path):
     train.seed_all(0)
     net = nn.Linear(3, 1)
     tc = replace(TC, steps=2, preview_every=1, ema_decay=0.9)
-    train.fit("toy", tmp_path / "p", {"net": net}, ["net"], lambda b, s: F.mse_loss(net(b[0]), b[1]),
-              lambda s, d: (X[d(N)], Y[d(N)]), tc, {"config": {}, "data_hash": ""},
-              preview_fn=lambda path, step: calls.append((path, step)) or train.save_grid(path, [torch.zeros(1, 1, 4, 4)]))
+    train.fit(train.Job("toy", tmp_path / "p", {"net": net}, ["net"], lambda s, d: (X[d(N)], Y[d(N)]),
+                        lambda b, s: F.mse_loss(net(b[0]), b[1]), tc, {"config": {}, "data_hash": ""},
+                        preview=lambda path, step: calls.append((path, step)) or train.save_grid(path, [torch.zeros(1, 1, 4, 4)])))
     assert [c[1] for c in calls] == [1, 2] and all(c[0].exists() for c in calls)
 
 

@@ -82,8 +82,8 @@ def run(cfg: Config) -> dict:
 
     meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg), "n_items": len(rows),
             "modalities": sorted({r["modality"] for r in rows})}
-    res = train.fit(STAGE, cfg.workdir / STAGE, {"autoencoder": ae}, ["autoencoder"], loss_fn, batch_fn, tcfg, meta,
-                    preview_fn=preview_fn, finalize=finalize, device=cfg.run.device)
+    res = train.fit(train.Job(STAGE, cfg.workdir / STAGE, {"autoencoder": ae}, ["autoencoder"], batch_fn, loss_fn,
+                              tcfg, meta, preview=preview_fn, finalize=finalize, device=cfg.run.device))
     res["scale_factor"] = io.read_json(cfg.workdir / STAGE / "model.json")["scale_factor"]
     return res
 

@@ -90,8 +90,8 @@ def run(cfg: Config) -> dict:
     modules = {"controller": ctrl, "unet": unet, "autoencoder": ae}
     if text.trainable:
         modules["text"] = text
-    return train.fit(STAGE, cfg.workdir / STAGE, modules, ["controller"], loss_fn, batch_fn, tcfg, meta,
-                     preview_fn=preview_fn, device=device)
+    return train.fit(train.Job(STAGE, cfg.workdir / STAGE, modules, ["controller"], batch_fn, loss_fn, tcfg, meta,
+                               preview=preview_fn, device=device))
 
 
 def load_generator(workdir, cfg: Config) -> Renderer:

@@ -66,8 +66,8 @@ def run(cfg: Config) -> dict:
         modules["text"] = text
         trainable.append("text")
     export = {"unet": ("", STAGE), **({"text": ("text", "text")} if text.trainable else {})}
-    return train.fit(STAGE, out, modules, trainable, loss_fn, batch_fn, tcfg, meta, preview_fn=preview_fn,
-                     export=export, device=cfg.run.device)
+    return train.fit(train.Job(STAGE, out, modules, trainable, batch_fn, loss_fn, tcfg, meta, preview=preview_fn,
+                               export=export, device=cfg.run.device))
 
 
 def load(workdir, cfg: Config, cmeta: dict):

@@ -60,9 +60,9 @@ def train_autoencoder(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
 
     meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg, "labels"), "n_labels": k, "encoding": enc,
             "n_items": len(rows)}
-    return train.fit(f"{STAGE}-autoencoder", _folder(cfg) / AE, {"autoencoder": ae}, ["autoencoder"], loss_fn, batch_fn,
-                     tcfg, meta, preview_fn=preview_fn, finalize=finalize, device=cfg.run.device,
-                     export={"autoencoder": ("", AE)})
+    return train.fit(train.Job(f"{STAGE}-autoencoder", _folder(cfg) / AE, {"autoencoder": ae}, ["autoencoder"],
+                               batch_fn, loss_fn, tcfg, meta, preview=preview_fn, finalize=finalize,
+                               export={"autoencoder": ("", AE)}, device=cfg.run.device))
 
 
 def load_label_autoencoder(cfg: Config, k: int, device: str = "cpu"):
@@ -117,8 +117,8 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
             "autoencoder_sha256": ae_meta.get("sha256", ""), "prompts": bank[1:], "prompt_counts":
             {p: prompts.count(p) for p in bank[1:]}}
     export = {"unet": ("", LDM), **({"text": ("text", "text")} if text.trainable else {})}
-    return train.fit(f"{STAGE}-ldm", _folder(cfg) / LDM, modules, trainable, loss_fn, batch_fn, tcfg, meta,
-                     export=export, device=cfg.run.device)
+    return train.fit(train.Job(f"{STAGE}-ldm", _folder(cfg) / LDM, modules, trainable, batch_fn, loss_fn, tcfg, meta,
+                               export=export, device=cfg.run.device))
 
 
 class LabelGenerator:

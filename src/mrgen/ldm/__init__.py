@@ -243,8 +243,8 @@ def run(cfg: Config) -> dict:
             "n_items": len(rows), "n_prompts": len(cond.prompts), "prompt_dropout": cfg.ldm.prompt_dropout,
             "preview_prompts": shown}
     export = {"unet": ("", STAGE), **({"text": ("text", "text")} if text.trainable else {})}
-    return train.fit(STAGE, cfg.workdir / STAGE, modules, trainable, loss_fn, batch_fn, tcfg, meta,
-                     preview_fn=preview_fn, export=export, device=cfg.run.device)
+    return train.fit(train.Job(STAGE, cfg.workdir / STAGE, modules, trainable, batch_fn, loss_fn, tcfg, meta,
+                               preview=preview_fn, export=export, device=cfg.run.device))
 
 
 def load_ldm(workdir, cfg: Config, device: str = "cpu"):

@@ -75,8 +75,8 @@ def train_segmenter(images: list, masks: list, n_classes: int, cfg, out_dir: str
                                               y.numpy().ravel().astype(np.float32)[:: max(1, y.numel() // 2_000_000)]]))
     meta = {"config": {**model.config, "segment": to_dict(s)}, "data_hash": data_hash, "name": name,
             "n_train": len(x), "image_shape": list(x.shape[2:])}
-    train.fit(KIND, out_dir, {"segmenter": model}, ["segmenter"], loss_fn, batch_fn, s.train, meta,
-              device=cfg.run.device)
+    train.fit(train.Job(KIND, out_dir, {"segmenter": model}, ["segmenter"], batch_fn, loss_fn, s.train, meta,
+                        device=cfg.run.device))
     return Path(out_dir)
 
 
