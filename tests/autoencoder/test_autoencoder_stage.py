@@ -5,27 +5,49 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from mrgen import autoencoder
-from mrgen.autoencoder.data import augment
+from mrgen.autoencoder.data import apply_flip_rot, augment
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def test_augment_is_in_plane_and_probabilistic():
-    torch.manual_seed(0)
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(50, 1, 1, 1)
-    assert torch.equal(augment(x, 0.0), x)
-    y = augment(x, 1.0)
-    variants = {tuple(x[0].flip(-1).flatten().tolist()), tuple(x[0].flip(-2).flatten().tolist())}
-    variants |= {tuple(x[0].rot90(k, (-2, -1)).flatten().tolist()) for k in (1, 2, 3)}
-    seen = {tuple(y[i].flatten().tolist()) for i in range(0, 100, 2)}
-    assert seen == variants  # all five transforms, nothing else
-    z = augment(x, 0.2)
+    same, params = augment(x, 0.0, _gen(0))
+    assert torch.equal(same, x) and params.op.tolist() == [-1] * 100
+    y, params = augment(x, 1.0, _gen(0))
+    # op code -> the expected in-plane transform, written out per code (the contract of FLIP_ROT_OPS)
+    expect = {0: lambda t: t.flip(-1), 1: lambda t: t.flip(-2), 2: lambda t: t.rot90(2, (-2, -1)),
+              3: lambda t: t.rot90(1, (-2, -1)), 4: lambda t: t.rot90(3, (-2, -1))}
+    assert set(params.op.tolist()) == {0, 1, 2, 3, 4}  # all five transforms drawn, never "unchanged" at prob 1
+    assert all(torch.equal(y[i], expect[int(c)](x[i])) for i, c in enumerate(params.op))
+    z, params = augment(x, 0.2, _gen(0))
     changed = sum(not torch.equal(z[i], x[i]) for i in range(100))
-    assert 5 <= changed <= 40
+    assert 5 <= changed <= 40 and changed == int((params.op >= 0).sum())
     v = torch.randn(3, 1, 5, 4, 4)  # 3D: planes rotate, depth order stays
-    w = augment(v, 1.0)
+    w, _ = augment(v, 1.0, _gen(1))
     assert all(torch.allclose(w[i].sum((-2, -1)), v[i].sum((-2, -1))) for i in range(3))
+    _, params = augment(torch.zeros(200, 1, 4, 6), 1.0, _gen(2))  # non-square planes: no 90/270° turns
+    assert set(params.op.tolist()) == {0, 1, 2}
+
+
+def test_augment_draws_from_its_generator_only_and_params_replay():
+    x = torch.randn(16, 1, 8, 8)
+    state = torch.get_rng_state()
+    a, pa = augment(x, 0.5, _gen(7))
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+    b, pb = augment(x, 0.5, _gen(7))
+    assert torch.equal(pa.op, pb.op) and torch.equal(a, b)  # same seed, same params, same batch
+    assert torch.equal(apply_flip_rot(x, pa), a)  # the returned params reproduce the output exactly
+    _, pc = augment(x, 0.5, _gen(8))
+    assert not torch.equal(pa.op, pc.op)
+    with pytest.raises(ValueError, match="draw them for this batch"):
+        apply_flip_rot(x[:3], pa)
 
 
 def test_kl_loss_zero_for_standard_normal():
