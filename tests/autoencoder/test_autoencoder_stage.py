@@ -73,4 +73,34 @@ def test_run_and_evaluate(tiny_index, tiny_config):
         assert np.isfinite(ev[k]), k
     assert ev["items"] == 8 and set(ev["per_modality"]) == {"T1", "T2"}
     assert json.loads((out / "eval.json").read_text())["psnr"] == ev["psnr"]
-    assert 0 < ev["mse"] < 1 and ev["psnr"] == ev["psnr"]
+    pm = ev["per_modality"]
+    assert ev["psnr"] == pytest.approx(sum(m["psnr"] * m["items"] for m in pm.values()) / ev["items"])  # item mean
+    # a mean of per-item PSNRs is at least the PSNR of the mean MSE (Jensen: -log is convex); equal only if all agree
+    assert 0 < ev["mse"] < 1 and ev["psnr"] > 10 * np.log10(1 / ev["mse"])
+
+
+class _Shift(torch.nn.Module):
+    """A stand-in autoencoder whose reconstruction is the input plus ``d`` (in [-1, 1] units)."""
+
+    def __init__(self, d: float):
+        super().__init__()
+        self.d, self.w = d, torch.nn.Parameter(torch.zeros(()))
+
+    def reconstruct(self, x):
+        return x + self.d
+
+
+def test_evaluate_psnr_of_known_reconstructions(tiny_index, tiny_config, monkeypatch):
+    """Hand-computed: +0.02 in [-1, 1] is +0.01 on the [0, 1] scale, MSE 1e-4, PSNR 10·log10(1 / 1e-4) = 40 dB (the
+    tiny index's test images stay below 0.98, so the clamp to [-1, 1] never bites); identity: MSE 0, PSNR at its
+    1e-12 floor, 120 dB."""
+    def evaluate_with(d: float) -> dict:
+        monkeypatch.setattr(autoencoder, "load_autoencoder", lambda wd, c, device="cpu": (_Shift(d), {"sha256": "stub"}))
+        return autoencoder.evaluate(tiny_config(tiny_index))
+
+    ev = evaluate_with(0.02)
+    assert ev["items"] == 8 and ev["psnr"] == pytest.approx(40.0, abs=1e-3)
+    assert ev["mse"] == pytest.approx(1e-4, rel=1e-3) and ev["l1"] == pytest.approx(0.01, rel=1e-3)
+    assert ev["ssim"] < 1.0
+    ev = evaluate_with(0.0)
+    assert ev["psnr"] == pytest.approx(120.0) and ev["mse"] == 0.0 and ev["l1"] == 0.0 and ev["ssim"] == pytest.approx(1.0)
