@@ -131,3 +131,21 @@ def rand():
 def tiny_index_builder():
     """The :func:`build_tiny_index` function itself, for tests that need several fresh indexes."""
     return build_tiny_index
+
+
+# ---- "the model learns" tests (tests/<stage>/test_<stage>_learns.py)
+
+
+def loss_drop(folder: str | Path, last: int = 10) -> tuple[float, float]:
+    """``(first, final)`` of ``<folder>/train_log.jsonl`` written with ``log_every=1``: the first step's
+    loss (the untrained model) and the mean of the last ``last`` steps (one batch is noisy)."""
+    losses = [json.loads(ln)["loss"] for ln in (Path(folder) / "train_log.jsonl").read_text().splitlines()]
+    if len(losses) < last + 1:
+        raise ValueError(f"{folder}: {len(losses)} logged steps, fewer than last={last} + 1; train with log_every=1")
+    return losses[0], float(np.mean(losses[-last:]))
+
+
+@pytest.fixture
+def learned():
+    """The :func:`loss_drop` function."""
+    return loss_drop

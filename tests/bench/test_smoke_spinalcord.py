@@ -35,7 +35,11 @@ def test_spinalcord_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert [r["method"] for r in out["results"]] == METHODS * 2 and [r["fold"] for r in out["results"]] == [0] * 5 + [1] * 5
     s = out["summary"]
     for m in METHODS:
-        assert 0.0 <= s[m]["mean_dice"] <= 1.0 and set(s[m]["per_label"]) == {"spinal cord"}
+        folds = [r["metrics"]["mean_dice"] for r in out["results"] if r["method"] == m]
+        assert set(s[m]["per_label"]) == {"spinal cord"} and len(folds) == 2 and None not in folds
+        # one label: the mean Dice is the cord's Dice, averaged over the two folds
+        assert s[m]["mean_dice"] == pytest.approx((folds[0] + folds[1]) / 2)
+        assert s[m]["mean_dice"] == pytest.approx(s[m]["per_label"]["spinal cord"]["dice"])
         assert s[m]["segmenter_cpu_min"] > 0 and s[m]["peak_rss_mb"] > 100
     # the real target's own masks beat the other contrast's masks by a wide margin
     assert s["oracle"]["mean_dice"] > 0.5 and s["oracle"]["mean_dice"] > s["source_only"]["mean_dice"] + 0.3

@@ -64,40 +64,62 @@ def test_evaluate_run_writes_results_csv_figures_and_quality(fake_run):
     assert results["summary"]["volumes"] == 2  # s1 and s2: 4 slices each stacked into one volume
     assert [c["slices"] for c in results["cases"]] == [4, 4]
     assert results["cases"][0]["spacing_zxy"] == [3.0, 2.0, 2.0]  # in-plane resampling 32 -> 16 px
-    assert 0.0 <= results["summary"]["mean_dice"] <= 1.0
     with open(out / "per_case.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and {"volume", "dice_disk", "hd95_disk", "mean_dice"} <= set(rows[0])
+    # one label: a case's mean Dice is its disk Dice, and the summary is the mean over the two volumes
+    assert [float(r["mean_dice"]) for r in rows] == [float(r["dice_disk"]) for r in rows] == [c["dice_disk"] for c in results["cases"]]
+    assert results["summary"]["mean_dice"] == pytest.approx((float(rows[0]["dice_disk"]) + float(rows[1]["dice_disk"])) / 2)
     assert (out / "figures" / "dice_per_label.png").stat().st_size > 1000
     assert (out / "figures" / "overlays.png").stat().st_size > 1000
     assert "| Dice (3D) |" in (out / "summary.md").read_text()
     summary = json.loads((wd / "eval" / "summary.json").read_text())
     assert "engine" in summary and "engine" in res
     iq = json.loads((wd / "eval" / "image_quality.json").read_text())
-    assert iq["synthetic_images"] == 2 and iq["real_images"] == 4 and iq["FD-EffNetLite0"] >= 0
-    assert iq["paired"] == 2 and np.isfinite(iq["PSNR"]) and -1 <= iq["SSIM"] <= 1
+    # the synthetic slices are not the real ones: FD well above the 0 of identical sets (measured 60)
+    assert iq["synthetic_images"] == 2 and iq["real_images"] == 4 and iq["FD-EffNetLite0"] > 1.0
+    # both kept candidates come from mask fake/s3/T1/z0001, so each is paired with the real s3 T2 slice 1:
+    # PSNR = 10·log10(range² / MSE) with range 2, computed here on the stored arrays
+    synth = np.load(wd / "synth" / "candidates" / "k.npz")["images"].astype(np.float64)
+    real = np.load(wd / "curated" / "arrays" / "s3_T2.npy")[1].astype(np.float64)
+    want = np.mean([10 * np.log10(4.0 / np.mean((synth[c] - real) ** 2)) for c in (0, 1)])
+    assert iq["paired"] == 2 and iq["PSNR"] == pytest.approx(want, rel=1e-6)
+    assert 0.05 < iq["SSIM"] < 0.5  # the pair's boxes overlap in part (rows 4-9 vs 7-12): measured 0.15
 
 
-def test_evaluate_segmenter_perfect_model_scores_one(fake_run, monkeypatch):
-    """With predictions equal to the ground truth, 3D Dice is exactly 1 and HD95 0."""
+def _evaluate_with(fake_run, monkeypatch, predicted, name):
+    """``evaluate_segmenter`` on the test volumes, with each prediction replaced by ``predicted(gt)``."""
     from mrgen.curate.index import Index
     from mrgen.evaluate import evaluate_segmenter
     from mrgen.segment import volumes
 
     real = volumes.predict_rows
 
-    def oracle(model, rows, root):
+    def stand_in(model, rows, root):
         for v in real(model, rows, root):
-            v["pred"] = v["gt"].copy()
+            v["pred"] = predicted(v["gt"])
             yield v
 
     import mrgen.segment as seg
 
-    monkeypatch.setattr(seg, "predict_rows", oracle)
+    monkeypatch.setattr(seg, "predict_rows", stand_in)
     wd = fake_run.workdir
     rows = Index(wd / "curated").query(modality="T2", split="test")
-    s = evaluate_segmenter(wd / "segment" / "engine", rows, wd / "curated", wd / "eval" / "perfect", {1: "disk"})
+    return evaluate_segmenter(wd / "segment" / "engine", rows, wd / "curated", wd / "eval" / name, {1: "disk"})
+
+
+def test_evaluate_segmenter_perfect_model_scores_one(fake_run, monkeypatch):
+    """With predictions equal to the ground truth, 3D Dice is exactly 1 and HD95 0."""
+    s = _evaluate_with(fake_run, monkeypatch, lambda gt: gt.copy(), "perfect")
     assert s["mean_dice"] == 1.0 and s["dice"] == {"disk": 1.0} and s["hd95"] == {"disk": 0.0}
+
+
+def test_evaluate_segmenter_shifted_prediction_hand_computed(fake_run, monkeypatch):
+    """Each test volume's disk is a 4 x 6 x 6 box; predicted one row off, 5 of its 6 rows overlap:
+    Dice = 2 · (4·5·6) / (2 · 4·6·6) = 5/6, and no surface voxel is further than one row (2 mm after 32 -> 16 px)."""
+    s = _evaluate_with(fake_run, monkeypatch, lambda gt: np.roll(gt, 1, axis=1), "shifted")
+    assert s["volumes"] == 2 and s["dice"]["disk"] == pytest.approx(5 / 6) and s["mean_dice"] == pytest.approx(5 / 6)
+    assert s["hd95"]["disk"] == pytest.approx(2.0)
 
 
 def test_segment_run_predict_writes_volumes(fake_run):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mrgen import config as C
-from mrgen.export import dataset_folder, export_pairs, read_dataset, to_uint8
+from mrgen.export import dataset_folder, export_pairs, read_dataset
 
 
 def pairs2d(n=3, size=16, values=(1, 2)):
@@ -40,14 +40,27 @@ def test_png_layout_dataset_json_and_round_trip(tmp_path):
     for (case, img, m), im2, m2 in zip(prs, images, masks):
         assert np.array_equal(m2, m)
         assert np.abs(im2 - img).max() <= 1 / 127.5 + 1e-6  # uint8 quantisation only
-    from PIL import Image
-
-    raw = np.asarray(Image.open(folder / "imagesTr" / "CASE_000_0000.png"))
-    assert raw.dtype == np.uint8 and raw.min() >= 0 and raw.max() <= 255
-    assert np.array_equal(np.sort(raw.ravel()), np.sort(to_uint8(prs[0][1]).ravel()))
     # re-export with fewer cases removes the stale files
     export_pairs(prs[:1], folder, {1: "liver", 2: "spleen"}, "T2", "png")
     assert len(list((folder / "imagesTr").iterdir())) == 1 and json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+
+
+def test_png_pixels_are_the_scaled_image_and_the_exact_labels(tmp_path):
+    """Hand-computed: x in [-1, 1] -> round((x + 1) * 127.5) (clipped), labels as they are; PNG rows are the array's
+    second axis, flipped (the (x, y) layout of ``io.write_png``)."""
+    from PIL import Image
+
+    img = np.array([[-1.0, -0.5, 0.0], [0.5, 1.0, 1.5]], np.float32)  # 1.5 clips to 1
+    m = np.array([[0, 1, 2], [2, 0, 1]], np.int64)
+    folder = tmp_path / "Dataset004_Px"
+    export_pairs([("p", img, m)], folder, {1: "liver", 2: "spleen"}, "T2", "png")
+    raw = np.asarray(Image.open(folder / "imagesTr" / "p_0000.png"))
+    assert raw.dtype == np.uint8 and raw.tolist() == [[128, 255], [64, 255], [0, 191]]  # 127.5 -> 128, 63.75 -> 64
+    lab = np.asarray(Image.open(folder / "labelsTr" / "p.png"))
+    assert lab.dtype == np.uint8 and lab.tolist() == [[2, 1], [1, 0], [0, 2]]
+    images, masks, _ = read_dataset(folder)
+    assert np.array_equal(masks[0], m) and np.allclose(images[0], [[-1.0, 64 / 127.5 - 1, 128 / 127.5 - 1],
+                                                                   [191 / 127.5 - 1, 1.0, 1.0]], atol=1e-6)
 
 
 def test_nifti_3d_and_nonconsecutive_labels(tmp_path):

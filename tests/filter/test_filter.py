@@ -30,7 +30,8 @@ def test_scorer_ranks_aligned_above_shifted(method):
     s = ClassicalScorer(method)
     good, bad = s.score(img, m)[1], s.score(img, shifted)[1]
     assert good[0] > bad[0] + 0.15, (good, bad)
-    assert 0.0 <= good[1] <= 1.0 and 0.0 <= bad[1] <= 1.0
+    # conf = agreement of the perturbed prompts' segmentations: full on a clean aligned disk (measured >= 0.99)
+    assert good[1] >= 0.95 and good[1] >= bad[1], (good, bad)
 
 
 def test_default_scorer_multi_label_fast_and_deterministic():
@@ -137,11 +138,15 @@ def test_segmenter_scorer(tmp_path):
     from mrgen.segment import train_segmenter
 
     img, m = disk_pair(size=16, r=4)
-    cfg = C.load_config("tiny", overrides=["segment.channels=[8,8,8]", "segment.strides=[2,2]", "segment.train.steps=2",
-                                           "segment.train.ckpt_every=0"])
-    train_segmenter([img], [m], 2, cfg, tmp_path / "seg")
-    res = SegmenterScorer(tmp_path / "seg").score(img, m)
-    assert set(res) == {1} and 0.0 <= res[1][0] <= 1.0 and 0.0 <= res[1][1] <= 1.0
+    _, shifted = disk_pair(size=16, r=4, shift=4)
+    cfg = C.load_config("tiny", overrides=["segment.channels=[8,8,8]", "segment.strides=[2,2]", "segment.train.steps=30",
+                                           "segment.train.lr=0.005", "segment.augment=false", "segment.train.ckpt_every=0"])
+    train_segmenter([img], [m], 2, cfg, tmp_path / "seg")  # 30 steps on the one image: it fits the disk
+    scorer = SegmenterScorer(tmp_path / "seg")
+    good, bad = scorer.score(img, m), scorer.score(img, shifted)
+    assert set(good) == set(bad) == {1}
+    assert good[1][0] >= 0.7 and good[1][0] > bad[1][0] + 0.2, (good, bad)  # iou with each mask (measured 0.98, 0.23)
+    assert good[1][1] > bad[1][1], (good, bad)  # mean label probability inside the mask (0.99, 0.47)
 
 
 def test_benchmark_auc_on_shared_data_or_skip():

@@ -65,7 +65,8 @@ def run(cfg: Config) -> dict:
     fixed = torch.linspace(0, len(items) - 1, min(8, len(items))).long()  # spread over the items (not 8 edge slices)
 
     def batch_fn(step, draw):
-        return augment(items.images(draw(len(items))), cfg.autoencoder.aug_prob)
+        g = torch.Generator().manual_seed(train.step_seed(tcfg.seed, step, draw.rank, "augment"))  # per step: resumable
+        return augment(items.images(draw(len(items))), cfg.autoencoder.aug_prob, g)[0]
 
     def loss_fn(x, step):
         device = next(ae.parameters()).device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,23 +129,52 @@ def target_items(cfg: Config, rows: list[dict]) -> Items:
     return Items(cfg, rows, with_mask=bool(ctx), context=ctx)
 
 
-def augment(x: torch.Tensor, prob: float) -> torch.Tensor:
-    """Per item, with probability ``prob``: one of h-flip, v-flip, 90/180/270° rotation (in-plane, last two axes)."""
-    if prob <= 0:
-        return x
+# ----------------------------------------------------------------------------- augmentation (draw, then apply)
+
+FLIP_ROT_OPS = ("h-flip", "v-flip", "rot180", "rot90", "rot270")  # op codes 0..4; -1 = unchanged
+
+
+@dataclass(frozen=True)
+class FlipRotParams:
+    """``op`` long ``(B,)``: per item, -1 (unchanged) or an index into :data:`FLIP_ROT_OPS`."""
+
+    op: torch.Tensor
+
+
+def draw_flip_rot_params(generator: torch.Generator, shape: tuple, prob: float) -> FlipRotParams:
+    """Per item of a batch of ``shape`` ``(B, C, *spatial)``, with probability ``prob``, one of the five
+    in-plane ops, uniformly; 90/270° rotations only when the plane (last two axes) is square."""
+    b, square = int(shape[0]), shape[-1] == shape[-2]
+    apply = torch.rand(b, generator=generator) < prob
+    choice = torch.randint(0, 5 if square else 3, (b,), generator=generator)
+    return FlipRotParams(torch.where(apply, choice, torch.full_like(choice, -1)))
+
+
+def apply_flip_rot(x: torch.Tensor, params: FlipRotParams) -> torch.Tensor:
+    """``x`` ``(B, C, *spatial)`` with each item's op applied to its last two axes (depth order stays)."""
+    ops = params.op.tolist()
+    if len(ops) != x.shape[0]:
+        raise ValueError(f"flip/rot params hold {len(ops)} items but the batch has {x.shape[0]}; draw them for this batch")
+    if x.shape[-1] != x.shape[-2] and any(c >= 3 for c in ops):
+        raise ValueError(f"90/270° rotations need square planes, got {tuple(x.shape[-2:])}; draw the params for this shape")
     x = x.clone()
-    square = x.shape[-1] == x.shape[-2]
-    ops = 5 if square else 3  # 90/270° rotations need square planes
-    apply = torch.rand(x.shape[0]) < prob
-    choice = torch.randint(0, ops, (x.shape[0],))
-    for i in torch.nonzero(apply).flatten().tolist():
-        c = int(choice[i])
+    for i, c in enumerate(ops):
         if c == 0:
             x[i] = x[i].flip(-1)
         elif c == 1:
             x[i] = x[i].flip(-2)
         elif c == 2:
             x[i] = x[i].rot90(2, (-2, -1))
-        else:
+        elif c > 2:
             x[i] = x[i].rot90(1 if c == 3 else 3, (-2, -1))
     return x
+
+
+def augment(x: torch.Tensor, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, FlipRotParams]:
+    """Per item, with probability ``prob``: one of h-flip, v-flip, 90/180/270° rotation (in-plane, last two axes).
+
+    ``x`` ``(B, C, *spatial)``; returns the augmented batch and the drawn :class:`FlipRotParams`
+    (``apply_flip_rot(x, params)`` gives the same batch). Draws only from ``generator``.
+    """
+    params = draw_flip_rot_params(generator, tuple(x.shape), prob)
+    return apply_flip_rot(x, params), params

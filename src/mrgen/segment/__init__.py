@@ -65,7 +65,10 @@ def train_segmenter(images: list, masks: list, n_classes: int, cfg, out_dir: str
     def batch_fn(step, draw):
         idx = draw(len(x))
         xb, yb = x[idx], y[idx]
-        return augment(xb, yb) if s.augment else (xb, yb)
+        if not s.augment:
+            return xb, yb
+        g = torch.Generator().manual_seed(train.step_seed(s.train.seed, step, draw.rank, "augment"))  # per step: resumable
+        return augment(xb, yb, g)[:2]
 
     def loss_fn(batch, step):
         xb, yb = batch
