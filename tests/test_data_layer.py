@@ -30,5 +30,5 @@ def test_data_layer_imports_no_stage(module):
 
 def test_the_walker_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("from mrgen import io, seeds\n\ndef g():\n    from mrgen.sample import candidate_seed\n    import mrgen.morph.masks\n")
-    assert _mrgen_imports(f) == {"mrgen.io", "mrgen.seeds", "mrgen.sample", "mrgen.morph.masks"}
+    f.write_text("from mrgen import io, seeds\n\ndef g():\n    from mrgen.synthesize import candidate_seed\n    import mrgen.morph.masks\n")
+    assert _mrgen_imports(f) == {"mrgen.io", "mrgen.seeds", "mrgen.synthesize", "mrgen.morph.masks"}

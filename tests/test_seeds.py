@@ -14,7 +14,7 @@ def test_derive_reproduces_the_old_candidate_and_step_seeds():
 
 
 def test_candidate_seed_is_the_shared_scheme():
-    from mrgen.sample import candidate_seed
+    from mrgen.synthesize import candidate_seed
 
     assert candidate_seed(0, "a", 1) == 1454584568
 

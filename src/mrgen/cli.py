@@ -133,7 +133,7 @@ _stage("labelgen", "mrgen.labelgen", doc=(
     "Train a latent diffusion model of label maps (one-hot or bit channels) on the source masks and generate new ones "
     "(Duo-Diffusion step 1); render them with `sample.masks=[generated]`.\n\n"
     "Example: `mrgen labelgen -w runs/demo3d labelgen.count=16 labelgen.encoding=bits`"))
-_stage("synthesize", "mrgen.sample", doc=(
+_stage("synthesize", "mrgen.synthesize", doc=(
     "Render N target-modality candidates per source mask (DDIM + classifier-free guidance), with provenance.\n\n"
     "Example: `mrgen synthesize -w runs/demo sample.candidates=20 sample.shard=0/4`"))
 _stage("filter", "mrgen.filter", doc=(

@@ -49,7 +49,7 @@ def read_kept(workdir: str | Path) -> dict:
 
 def kept_pairs(workdir: str | Path) -> Iterator[tuple[dict, np.ndarray, np.ndarray, dict]]:
     """Yield ``(kept record, image, mask with context labels, provenance record)`` per kept candidate."""
-    from mrgen.sample import load_candidates
+    from mrgen.synthesize import load_candidates
 
     wd = Path(workdir)
     cache_key, cache = None, None
@@ -80,7 +80,7 @@ def kept_arrays(workdir: str | Path, kinds: tuple | None = None) -> tuple[list, 
 def random_candidates(workdir: str | Path, keep: int, rng: np.random.Generator) -> tuple[list, list]:
     """``keep`` random candidates per synthesized mask (no autofilter); context labels -> background."""
     from mrgen.curate.labels import context_values, strip_context
-    from mrgen.sample import load_candidates
+    from mrgen.synthesize import load_candidates
 
     drop = context_values(Path(workdir) / "curated")
     images, masks = [], []

@@ -219,7 +219,7 @@ def test_mrgen_run_concat(tmp_path, dims):
     from mrgen.cli import app
     from mrgen.config import load_config
     from mrgen.contract import stages as _stages
-    from mrgen.sample import load_candidates, regenerate
+    from mrgen.synthesize import load_candidates, regenerate
 
     over = ["controller.mode=concat", f"data.spatial_dims={dims}", "data.depth=8"]
     names = [s.name for s in _stages(load_config("tiny", overrides=over))]

@@ -32,7 +32,8 @@ def _plant(files) -> dict:
 
 
 def test_tiny_chain_filter_rejects_and_the_rejected_never_train(tiny_index, tiny_config):
-    from mrgen import controller, export, sample
+    from mrgen import controller, export
+    from mrgen import synthesize as sample
     from mrgen import filter as F
     from mrgen.export import dataset_folder, read_dataset
     from mrgen.segment import run_train

@@ -84,7 +84,7 @@ def test_generated_label_maps_are_recorded_and_regenerate(run3d):
 
 def test_morphed_maps_follow_the_recipe(run3d):
     from mrgen.labelgen import load_labels
-    from mrgen.sample.masks import find_item
+    from mrgen.synthesize.masks import find_item
 
     wd, cfg = run3d
     files = sorted((wd / "morph" / "labels").glob("*.npz"))
@@ -104,7 +104,7 @@ def test_morphed_maps_follow_the_recipe(run3d):
 
 
 def test_synthesized_candidates_record_their_mask_kind_and_regenerate(run3d):
-    from mrgen.sample import load_candidates, regenerate
+    from mrgen.synthesize import load_candidates, regenerate
 
     wd, cfg = run3d
     kinds = {}

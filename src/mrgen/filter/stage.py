@@ -72,7 +72,7 @@ def run(cfg) -> dict:
     from rich.progress import Progress
 
     from mrgen.curate.labels import context_values
-    from mrgen.sample import load_candidates
+    from mrgen.synthesize import load_candidates
 
     wd = cfg.workdir
     context = context_values(wd / "curated")
@@ -150,7 +150,7 @@ def figure(workdir: Path, all_recs: dict, files: list, n_masks: int = 4, n_rej: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mrgen.sample import load_candidates
+    from mrgen.synthesize import load_candidates
 
     by_key = {f.stem: f for f in files}
     keys = [k for k, r in all_recs.items() if any(x["kept"] for x in r) and not all(x["kept"] for x in r)]

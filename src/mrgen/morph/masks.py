@@ -27,7 +27,7 @@ FOLDER = "morph"
 
 def _inputs(cfg: Config) -> list[dict]:
     """``{id, region, organs, mask(), spacing}`` per mask to morph."""
-    from mrgen.sample.masks import mask_items
+    from mrgen.synthesize.masks import mask_items
 
     kind = cfg.morph.apply_to
     if kind not in ("source", "generated"):

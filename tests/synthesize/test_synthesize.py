@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mrgen import autoencoder, controller, curate, ldm, phantom, sample
+from mrgen import autoencoder, controller, curate, ldm, phantom
+from mrgen import synthesize as sample
 from mrgen.config import load_config
 from mrgen.curate.index import Index
 

@@ -20,7 +20,7 @@ import torch
 
 from mrgen import io, prompts, seeds
 from mrgen.config import Config
-from mrgen.sample.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
+from mrgen.synthesize.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
 
 SYNTH = "synth"
 
