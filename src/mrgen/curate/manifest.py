@@ -20,6 +20,9 @@ import yaml
 from mrgen import prompts
 
 NORMALIZE = ("mr", "mr-fg", "ct", "minmax")
+SLICE_AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # see mrgen.curate.geometry
+CROPS = ("centre", "foreground")
+MAX_STORED = 255  # stored masks are uint8
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)?([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -32,6 +35,7 @@ class Series:
     modality: str  # canonical modality name
     images: str  # glob relative to the dataset root
     masks: str = ""  # path pattern with {subject}; "" = unannotated
+    pixel_spacing: tuple = ()  # (h, w) mm per pixel replacing the headers' in-plane spacing; () = the headers'
 
 
 @dataclass
@@ -54,6 +58,18 @@ class DatasetSpec:
     region: str = ""
     region_by_slice: list = field(default_factory=list)  # [(start, end, region)], fractions from the top
     context: list = field(default_factory=list)  # [Context], in manifest order (the first wins where two overlap)
+    slice_axis: str = "auto"  # one of SLICE_AXES (mrgen.curate.geometry.slice_axis)
+    crop: str = "centre"  # centre | foreground: where the data.image_size window sits when a series is larger
+    value_map: dict = field(default_factory=dict)  # file value -> stored value (labels and context), set by load_manifest
+
+    @property
+    def stored_labels(self) -> dict:
+        """``{stored value: name}`` of the segmentation labels (what the curated masks hold)."""
+        return {self.value_map.get(v, v): n for v, n in self.labels.items()}
+
+    def stored_context(self) -> list:
+        """``[(stored value, name)]`` of the context labels, in manifest order."""
+        return [(self.value_map.get(c.value, c.value), c.name) for c in self.context]
 
     def regions_for(self, depth: int) -> list[str]:
         """Region of each z index (canonical RAS: z=0 is the most inferior slice)."""
@@ -79,6 +95,7 @@ class VolumeSpec:
     image: Path
     mask: Path | None
     context: tuple = ()  # ((value, Path), ...) of the dataset's context masks; only for annotated volumes
+    pixel_spacing: tuple = ()  # the series' pixel_spacing override (mm), () = the file header's
 
     @property
     def key(self) -> str:
@@ -109,19 +126,30 @@ def expand_env(text: str, where: str = "") -> str:
     return os.path.expanduser(_ENV.sub(sub, text))
 
 
+def _label_value(k, where: str, what: str, example: str) -> int:
+    """A label or context value as written in the user's files: any positive integer (0 is background)."""
+    if isinstance(k, bool) or (isinstance(k, float) and not k.is_integer()):
+        raise CurateError(f"{where}: {what} key {k!r} is not an integer label value; {example}")
+    try:
+        value = int(k)
+    except (TypeError, ValueError):
+        raise CurateError(f"{where}: {what} key {k!r} is not an integer label value; {example}") from None
+    if value == 0:
+        key = "labels" if what == "label" else what
+        raise CurateError(f"{where}: {what} value 0 is the background; leave it out of '{key}:' (every voxel not listed is background)")
+    if value < 0:
+        raise CurateError(f"{where}: {what} value {value} is negative; label values are the positive integers the mask files hold")
+    return value
+
+
 def _labels(raw, where: str) -> dict:
     if raw in (None, {}):
         return {}
     if not isinstance(raw, dict):
-        raise CurateError(f"{where}: 'labels' must be a mapping like {{1: liver, 2: spleen}}")
+        raise CurateError(f"{where}: 'labels' must be a mapping like {{1: liver, 2: spleen}} (values as the mask files hold them)")
     out = {}
     for k, v in raw.items():
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            raise CurateError(f"{where}: label key {k!r} is not an integer; write labels as {{1: liver, 2: spleen}}") from None
-        if not 1 <= value <= 255:
-            raise CurateError(f"{where}: label value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
+        value = _label_value(k, where, "label", "write labels as {1: liver, 2: spleen} or {200: LV myocardium, 500: LV blood pool}")
         if not isinstance(v, str) or not v.strip():
             raise CurateError(f"{where}: label {value} needs a name (e.g. {value}: liver)")
         out[value] = v.strip()
@@ -138,12 +166,7 @@ def _context(raw, labels: dict, where: str) -> list:
         raise CurateError(f"{where}: 'context' must be a mapping of value -> {{name, masks}}; {CONTEXT_HELP}")
     out = []
     for k, v in raw.items():
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            raise CurateError(f"{where}: context key {k!r} is not an integer label value; {CONTEXT_HELP}") from None
-        if not 1 <= value <= 255:
-            raise CurateError(f"{where}: context value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
+        value = _label_value(k, where, "context", CONTEXT_HELP)
         if value in labels:
             raise CurateError(
                 f"{where}: context value {value} ({v.get('name') if isinstance(v, dict) else v}) is also the label "
@@ -165,6 +188,21 @@ def _context(raw, labels: dict, where: str) -> list:
     return out
 
 
+def _pixel_spacing(raw, where: str) -> tuple:
+    """``pixel_spacing: 0.75`` or ``[0.75, 0.75]`` -> (h, w) mm; absent -> ()."""
+    if raw in (None, "", []):
+        return ()
+    vals = raw if isinstance(raw, (list, tuple)) else [raw, raw]
+    try:
+        out = tuple(float(v) for v in vals)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 2 or not all(v > 0 for v in out):
+        raise CurateError(f"{where}: pixel_spacing must be one positive number or two ([h, w]) in mm per pixel of the "
+                          f"slice plane, got {raw!r}; leave it out to use the file headers")
+    return out
+
+
 def _region(name, where: str) -> str:
     if name in (None, ""):
         return ""
@@ -180,7 +218,8 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     where = f"{mpath}: datasets[{i}]"
     if not isinstance(raw, dict):
         raise CurateError(f"{where} must be a mapping with name, root, subject_pattern, series")
-    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "context", "series"}
+    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "context", "series",
+             "slice_axis", "crop"}
     extra = set(raw) - known
     if extra:
         raise CurateError(f"{where}: unknown key(s) {sorted(extra)}; valid keys: {', '.join(sorted(known))}")
@@ -221,9 +260,9 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     for j, s in enumerate(series_raw):
         if not isinstance(s, dict) or not s.get("modality") or not s.get("images"):
             raise CurateError(f"{where}: series[{j}] needs 'modality' and 'images' (and optionally 'masks')")
-        extra = set(s) - {"modality", "images", "masks"}
+        extra = set(s) - {"modality", "images", "masks", "pixel_spacing"}
         if extra:
-            raise CurateError(f"{where}: series[{j}] has unknown key(s) {sorted(extra)}; valid: modality, images, masks")
+            raise CurateError(f"{where}: series[{j}] has unknown key(s) {sorted(extra)}; valid: modality, images, masks, pixel_spacing")
         try:
             modality = prompts.canonical_modality(str(s["modality"]))
         except prompts.PromptError as exc:
@@ -234,14 +273,35 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         masks = str(s.get("masks") or "")
         if masks and not labels:
             raise CurateError(f"{where}: series {modality} has masks but the dataset declares no 'labels'; add e.g. labels: {{1: liver}}")
-        series.append(Series(modality, str(s["images"]), masks))
+        series.append(Series(modality, str(s["images"]), masks, _pixel_spacing(s.get("pixel_spacing"), f"{where}: series {modality}")))
     context = _context(raw.get("context"), labels, where)
     if context and not any(s.masks for s in series):
         raise CurateError(
             f"{where}: 'context' is given but no series has 'masks'; context labels are merged into the masks of "
             f"annotated series only — add 'masks' to a series or drop 'context'"
         )
-    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context)
+    slice_axis = str(raw.get("slice_axis", "auto")).strip().lower()
+    if slice_axis not in SLICE_AXES:
+        raise CurateError(f"{where}: slice_axis must be one of {', '.join(SLICE_AXES)} (i/j/k: the file's first/second/third "
+                          f"voxel axis), got {raw.get('slice_axis')!r}")
+    crop = str(raw.get("crop", "centre")).strip().lower().replace("center", "centre")
+    if crop not in CROPS:
+        raise CurateError(f"{where}: crop must be 'centre' or 'foreground', got {raw.get('crop')!r}")
+    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context, slice_axis, crop)
+
+
+def value_map(datasets: list) -> dict:
+    """File label value -> stored value, one mapping for the whole manifest.
+
+    The segmentation label values of all datasets (their union, sorted) become 1..N, so one value
+    means one label in every dataset, as in the files; the context values follow as N+1..N+M.
+    Labels that are already 1..N (BraTS, CHAOS, the phantom) keep their values.
+    """
+    labels = sorted({v for ds in datasets for v in ds.labels})
+    context = sorted({c.value for ds in datasets for c in ds.context})
+    out = {v: i + 1 for i, v in enumerate(labels)}
+    out.update({v: len(labels) + i + 1 for i, v in enumerate(context)})
+    return out
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -271,6 +331,12 @@ def load_manifest(path: str | Path) -> Manifest:
                     f"{c.value}: {other.labels[c.value]} of dataset '{other.name}'; context values are background for "
                     f"every segmenter, so give the context label a value no dataset uses as a label"
                 )
+    vmap = value_map(datasets)
+    if len(vmap) > MAX_STORED:
+        raise CurateError(f"{path}: the datasets declare {len(vmap)} distinct label and context values; curated masks "
+                          f"hold at most {MAX_STORED} (uint8) — merge or drop labels")
+    for ds in datasets:
+        ds.value_map = {v: vmap[v] for v in [*ds.labels, *(c.value for c in ds.context)]}
     return Manifest(path, hashlib.sha256(text.encode()).hexdigest()[:16], datasets)
 
 
@@ -317,7 +383,7 @@ def volumes(manifest: Manifest) -> list[VolumeSpec]:
             for subj, f in sorted(by_subject.items()):
                 mask = _mask_path(ds, s, subj, f) if s.masks else None
                 context = tuple((c.value, _context_path(ds, c, subj, f)) for c in ds.context) if mask else ()
-                out.append(VolumeSpec(ds, subj, s.modality, f, mask, context))
+                out.append(VolumeSpec(ds, subj, s.modality, f, mask, context, s.pixel_spacing))
     return sorted(out, key=lambda v: v.key)
 
 
