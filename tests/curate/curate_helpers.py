@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import re
+
 import nibabel as nib
 import numpy as np
+import pytest
 import yaml
 
 LABELS = {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"}
@@ -34,6 +37,18 @@ def save(path: Path, arr: np.ndarray, affine=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(arr, np.diag([1.5, 1.5, 4.0, 1.0]) if affine is None else affine), str(path))
     return path
+
+
+def fails(cfg, *patterns) -> str:
+    """Curate ``cfg``: it must raise one CurateError (a ValueError) whose message matches every regex."""
+    from mrgen.curate import CurateError, run
+
+    with pytest.raises(CurateError) as exc:
+        run(cfg)
+    for p in patterns:
+        assert re.search(p, str(exc.value)), str(exc.value)
+    assert isinstance(exc.value, ValueError)
+    return str(exc.value)
 
 
 def write_manifest(path: Path, datasets: list[dict]) -> Path:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from curate_helpers import LABELS, abdomen_dataset, organ_mask, save, write_manifest
+from curate_helpers import LABELS, abdomen_dataset, fails as _fails, organ_mask, save, write_manifest
 
 from mrgen import io
-from mrgen.curate import CurateError, run
+from mrgen.curate import run
 from mrgen.curate.dataset import load_mask
 from mrgen.curate.index import Index
 from mrgen.curate.labels import (context_only, context_values, n_classes, n_labels, original_values, strip_context,
@@ -201,14 +200,6 @@ def test_rerun_notices_context_changes(tmp_path, make_cfg):
     assert run(cfg)["curated"] == 4
     assert context_values(cfg.workdir) == {5} and n_labels(cfg.workdir) == 5 and n_classes(cfg.workdir) == 5
     assert original_values(cfg.workdir) == {1: 1, 2: 2, 3: 3, 4: 4, 5: 9}
-
-
-def _fails(cfg, *patterns):
-    with pytest.raises(CurateError) as exc:
-        run(cfg)
-    for p in patterns:
-        assert re.search(p, str(exc.value)), str(exc.value)
-    return str(exc.value)
 
 
 def test_context_value_colliding_with_a_label(tmp_path, make_cfg):

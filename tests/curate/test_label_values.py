@@ -4,24 +4,15 @@ bad values are one clear error naming the file, the values and the fix."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
-from curate_helpers import cardiac_dataset, cardiac_stack, save, short_axis_affine, write_manifest
+from curate_helpers import cardiac_dataset, cardiac_stack, fails as _fails, save, short_axis_affine, write_manifest
 
-from mrgen.curate import CurateError, run
+from mrgen.curate import run
 from mrgen.curate.dataset import load_mask
 from mrgen.curate.index import Index
 from mrgen.curate.labels import context_values, n_classes, n_labels, original_values, target_names
-
-
-def _fails(cfg, *patterns):
-    with pytest.raises(CurateError) as exc:
-        run(cfg)
-    for p in patterns:
-        assert re.search(p, str(exc.value)), str(exc.value)
-    return str(exc.value)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int16])  # MS-CMRSeg: float64 masks in C0, int16 in LGE
