@@ -7,6 +7,10 @@ rerun on unchanged inputs rewrites nothing. Volumes that replace existing arrays
 written to ``curated/.staging`` and moved into place only when the new index is written,
 so a failing run never damages what the old index points to.
 
+The run's grid (``data.spacing`` or its median, :func:`mrgen.curate.report.plan_grid`) is decided
+before any volume is read; each volume is cut along its acquisition and resampled onto it
+(:mod:`mrgen.curate.geometry`), its mask values mapped to the stored 1..N (``label_values.json``).
+
 Context labels (manifest ``context:``) are merged into the stored masks of annotated volumes
 (see :mod:`mrgen.curate.volume`); they are listed in ``curated/context.json``, never in
 ``labels.json``, nor in a row's ``labels``/``organs``/prompt (see :mod:`mrgen.curate.labels`).

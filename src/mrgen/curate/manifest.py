@@ -18,16 +18,16 @@ from pathlib import Path
 import yaml
 
 from mrgen import prompts
+from mrgen.curate.errors import CurateError
+from mrgen.curate.manifest_labels import MAX_STORED, Context, context_spec, label_spec, value_map
+
+__all__ = ["CurateError", "Context", "DatasetSpec", "VolumeSpec", "Manifest", "Series", "load_manifest", "volumes",
+           "value_map", "expand_env"]
 
 NORMALIZE = ("mr", "mr-fg", "ct", "minmax")
 SLICE_AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # see mrgen.curate.geometry
 CROPS = ("centre", "foreground")
-MAX_STORED = 255  # stored masks are uint8
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)?([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class CurateError(ValueError):
-    """Bad curate input (manifest or image); the message names the file and the fix."""
 
 
 @dataclass
@@ -36,15 +36,6 @@ class Series:
     images: str  # glob relative to the dataset root
     masks: str = ""  # path pattern with {subject}; "" = unannotated
     pixel_spacing: tuple = ()  # (h, w) mm per pixel replacing the headers' in-plane spacing; () = the headers'
-
-
-@dataclass
-class Context:
-    """A conditioning-only label: ``value`` where the subject's ``masks`` file is non-zero and the labels are 0."""
-
-    value: int
-    name: str
-    masks: str  # path pattern with {subject} (or a glob matching one file), relative to the dataset root
 
 
 @dataclass
@@ -126,68 +117,6 @@ def expand_env(text: str, where: str = "") -> str:
     return os.path.expanduser(_ENV.sub(sub, text))
 
 
-def _label_value(k, where: str, what: str, example: str) -> int:
-    """A label or context value as written in the user's files: any positive integer (0 is background)."""
-    if isinstance(k, bool) or (isinstance(k, float) and not k.is_integer()):
-        raise CurateError(f"{where}: {what} key {k!r} is not an integer label value; {example}")
-    try:
-        value = int(k)
-    except (TypeError, ValueError):
-        raise CurateError(f"{where}: {what} key {k!r} is not an integer label value; {example}") from None
-    if value == 0:
-        key = "labels" if what == "label" else what
-        raise CurateError(f"{where}: {what} value 0 is the background; leave it out of '{key}:' (every voxel not listed is background)")
-    if value < 0:
-        raise CurateError(f"{where}: {what} value {value} is negative; label values are the positive integers the mask files hold")
-    return value
-
-
-def _labels(raw, where: str) -> dict:
-    if raw in (None, {}):
-        return {}
-    if not isinstance(raw, dict):
-        raise CurateError(f"{where}: 'labels' must be a mapping like {{1: liver, 2: spleen}} (values as the mask files hold them)")
-    out = {}
-    for k, v in raw.items():
-        value = _label_value(k, where, "label", "write labels as {1: liver, 2: spleen} or {200: LV myocardium, 500: LV blood pool}")
-        if not isinstance(v, str) or not v.strip():
-            raise CurateError(f"{where}: label {value} needs a name (e.g. {value}: liver)")
-        out[value] = v.strip()
-    return dict(sorted(out.items()))
-
-
-CONTEXT_HELP = "write context: {5: {name: brain, masks: '{subject}/brainmask.nii.gz'}}"
-
-
-def _context(raw, labels: dict, where: str) -> list:
-    if raw in (None, {}):
-        return []
-    if not isinstance(raw, dict):
-        raise CurateError(f"{where}: 'context' must be a mapping of value -> {{name, masks}}; {CONTEXT_HELP}")
-    out = []
-    for k, v in raw.items():
-        value = _label_value(k, where, "context", CONTEXT_HELP)
-        if value in labels:
-            raise CurateError(
-                f"{where}: context value {value} ({v.get('name') if isinstance(v, dict) else v}) is also the label "
-                f"{value}: {labels[value]}; a context label needs a value of its own — use one above the labels, "
-                f"e.g. {max(labels) + 1}"
-            )
-        if not isinstance(v, dict):
-            raise CurateError(f"{where}: context {value} must be a mapping with 'name' and 'masks'; {CONTEXT_HELP}")
-        extra = set(v) - {"name", "masks"}
-        if extra:
-            raise CurateError(f"{where}: context {value} has unknown key(s) {sorted(extra)}; valid: name, masks")
-        name, masks = v.get("name"), v.get("masks")
-        if not isinstance(name, str) or not name.strip():
-            raise CurateError(f"{where}: context {value} needs a name (e.g. name: brain)")
-        if not isinstance(masks, str) or not masks.strip():
-            raise CurateError(f"{where}: context {value} ({name}) needs 'masks': a path pattern with {{subject}}, "
-                              f"e.g. '{{subject}}/brainmask.nii.gz'")
-        out.append(Context(value, name.strip(), masks.strip()))
-    return out
-
-
 def _pixel_spacing(raw, where: str) -> tuple:
     """``pixel_spacing: 0.75`` or ``[0.75, 0.75]`` -> (h, w) mm; absent -> ()."""
     if raw in (None, "", []):
@@ -252,7 +181,7 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         if not 0.0 <= a < b <= 1.0:
             raise CurateError(f"{where}: region_by_slice range [{a}, {b}] must satisfy 0 <= start < end <= 1")
         rules.append((a, b, _region(rule[2], where)))
-    labels = _labels(raw.get("labels"), where)
+    labels = label_spec(raw.get("labels"), where)
     series_raw = raw.get("series")
     if not isinstance(series_raw, list) or not series_raw:
         raise CurateError(f"{where}: 'series' must list at least one {{modality: ..., images: ...}}")
@@ -274,7 +203,7 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         if masks and not labels:
             raise CurateError(f"{where}: series {modality} has masks but the dataset declares no 'labels'; add e.g. labels: {{1: liver}}")
         series.append(Series(modality, str(s["images"]), masks, _pixel_spacing(s.get("pixel_spacing"), f"{where}: series {modality}")))
-    context = _context(raw.get("context"), labels, where)
+    context = context_spec(raw.get("context"), labels, where)
     if context and not any(s.masks for s in series):
         raise CurateError(
             f"{where}: 'context' is given but no series has 'masks'; context labels are merged into the masks of "
@@ -288,20 +217,6 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     if crop not in CROPS:
         raise CurateError(f"{where}: crop must be 'centre' or 'foreground', got {raw.get('crop')!r}")
     return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context, slice_axis, crop)
-
-
-def value_map(datasets: list) -> dict:
-    """File label value -> stored value, one mapping for the whole manifest.
-
-    The segmentation label values of all datasets (their union, sorted) become 1..N, so one value
-    means one label in every dataset, as in the files; the context values follow as N+1..N+M.
-    Labels that are already 1..N (BraTS, CHAOS, the phantom) keep their values.
-    """
-    labels = sorted({v for ds in datasets for v in ds.labels})
-    context = sorted({c.value for ds in datasets for c in ds.context})
-    out = {v: i + 1 for i, v in enumerate(labels)}
-    out.update({v: len(labels) + i + 1 for i, v in enumerate(context)})
-    return out
 
 
 def load_manifest(path: str | Path) -> Manifest:
