@@ -25,6 +25,9 @@ class DataCfg:
     spatial_dims: int = 2  # 2: slices, 3: volumes
     image_size: int = 64  # in-plane size (2D) or cube side (3D) after curation
     depth: int = 32  # 3D only: number of slices a volume is resampled to
+    # mm per pixel every series is resampled to before the crop/pad to image_size (3D: all three axes);
+    # 0 = auto: median over the annotated series of field of view / image_size (docs/curate.md#geometry)
+    spacing: float = 0.0
 
 
 @dataclass
@@ -357,6 +360,8 @@ def load_config(preset: str = "cpu", file: str | Path | None = None, overrides: 
 def validate(cfg: Config) -> None:
     if cfg.data.spatial_dims not in (2, 3):
         raise ConfigError(f"data.spatial_dims must be 2 or 3, got {cfg.data.spatial_dims}")
+    if not float(cfg.data.spacing) >= 0:
+        raise ConfigError(f"data.spacing must be >= 0 mm per pixel (0 = auto, the median field of view / image_size), got {cfg.data.spacing}")
     if cfg.phantom.layout not in ("abdomen", "brain"):
         raise ConfigError(f"phantom.layout must be 'abdomen' or 'brain', got '{cfg.phantom.layout}'")
     if cfg.controller.mask_encoding not in ("merged", "onehot"):

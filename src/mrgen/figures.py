@@ -85,3 +85,34 @@ def save_ortho_grid(path: str | Path, rows: list[dict], title: str = "", top: in
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return path
+
+
+def slice_grid(rows: list[dict], title: str = "", top: int | None = None, alpha: float = 0.45):
+    """A matplotlib Figure: one row per dict ``{"name", "slices": [(caption, image (H, W) in [-1, 1], labels (H, W) or None)]}``,
+    each slice shown as ``imshow(a.T, origin="lower")`` (the curated convention) with its labels overlaid in colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labs = [lab for r in rows for _, _, lab in r["slices"] if lab is not None]
+    top = int(top if top is not None else max([int(np.max(lab)) for lab in labs] + [1]))
+    cmap = label_cmap(top)
+    ncols = max([len(r["slices"]) for r in rows] + [1])
+    fig = Figure(figsize=(1.6 * ncols + 0.6, 1.6 * max(len(rows), 1) + (0.5 if title else 0.1)))
+    FigureCanvasAgg(fig)
+    for i, r in enumerate(rows):
+        for j, (caption, img, lab) in enumerate(r["slices"]):
+            ax = fig.add_subplot(len(rows), ncols, i * ncols + j + 1)
+            ax.imshow(np.asarray(img, dtype=np.float32).T, cmap="gray", vmin=-1, vmax=1, origin="lower", interpolation="nearest")
+            if lab is not None and np.any(lab > 0):
+                rgba = cmap(np.clip(np.asarray(lab).T, 0, top))
+                rgba[..., 3] = np.where(np.asarray(lab).T > 0, alpha, 0.0)
+                ax.imshow(rgba, origin="lower", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(caption, fontsize=6, pad=2)
+            if j == 0:
+                ax.set_ylabel(r["name"], fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
+    return fig

@@ -33,6 +33,7 @@ class Image:
     path: str
     reoriented: bool = False  # True when the file was not already in RAS+
     orientation: str = "RAS"  # axis codes of the file before canonicalisation (e.g. "LPS")
+    axes: tuple = (0, 1, 2)  # voxel axis of the file (0 = i, 1 = j, 2 = k) that became each canonical axis
 
 
 @contextmanager
@@ -150,16 +151,73 @@ def read_image(path: str | Path, kind: str = "image") -> Image:
     except Exception as exc:  # nibabel/pydicom/PIL errors on corrupt files
         raise ImageError(f"{path}: cannot read ({type(exc).__name__}: {exc}); the file is corrupt or truncated — re-export or remove it") from exc
     if kind == "mask":
-        arr = img.array
-        if not np.all(np.isfinite(arr)):
-            raise ImageError(f"{path}: mask has NaN/Inf voxels; masks must hold integer labels")
-        rounded = np.rint(arr)
-        if np.abs(arr - rounded).max(initial=0) > 1e-3:
-            raise ImageError(f"{path}: mask holds non-integer values; masks must hold integer labels (is this an image?)")
-        img.array = rounded.astype(np.int16)
+        img.array = _integer_labels(path, img.array)
     else:
         img.array = img.array.astype(np.float32)
     return img
+
+
+def _integer_labels(path: Path, arr: np.ndarray) -> np.ndarray:
+    """Mask voxels as int32; float masks are fine when every value is an integer (e.g. 500.0)."""
+    if not np.all(np.isfinite(arr)):
+        raise ImageError(f"{path}: mask has NaN/Inf voxels; masks must hold integer labels")
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int32)
+    rounded = np.rint(arr)
+    off = np.abs(arr - rounded) > 1e-3
+    if off.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(arr[off])[:5])
+        raise ImageError(
+            f"{path}: mask holds non-integer values ({int(off.sum())} voxels, e.g. {examples}); a mask must hold integer "
+            f"label values. Is this an image, or a mask resampled with linear interpolation? Point 'masks:' at the label "
+            f"file, or resample the mask with nearest-neighbour interpolation"
+        )
+    return rounded.astype(np.int32)
+
+
+@dataclass
+class Geometry:
+    """What a file's header says about its canonical RAS+ grid (no voxel data read for NIfTI)."""
+
+    shape: tuple  # (X, Y, Z) after canonicalisation
+    spacing: tuple  # mm per canonical axis
+    affine: np.ndarray  # 4x4 canonical affine
+    axes: tuple  # file voxel axis of each canonical axis
+
+
+def _canonical_axes(affine: np.ndarray) -> tuple:
+    """``axes[c]`` = the voxel axis of a file with ``affine`` that ``as_closest_canonical`` puts at canonical axis c."""
+    import nibabel as nib
+
+    ornt = nib.io_orientation(affine)
+    axes = [0, 1, 2]
+    for i in range(3):
+        axes[int(ornt[i, 0])] = i
+    return tuple(axes)
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The canonical grid of an image file: NIfTI from the header alone, other formats by reading them.
+
+    Equals the ``shape``/``spacing``/``affine``/``axes`` that :func:`read_image` returns for the file.
+    """
+    path = Path(path)
+    if _is_nifti(path) and path.is_file():
+        import nibabel as nib
+
+        try:
+            nii = nib.load(str(path))
+            shape = tuple(int(s) for s in nii.shape[:3]) + (1,) * (3 - len(nii.shape[:3]))
+            zooms = tuple(float(z) for z in nii.header.get_zooms()[:3]) + (1.0,) * (3 - len(nii.shape[:3]))
+            ornt = nib.io_orientation(nii.affine)
+            affine = nii.affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+        except Exception as exc:
+            raise ImageError(f"{path}: cannot read the header ({type(exc).__name__}: {exc}); the file is corrupt — re-export or remove it") from exc
+        axes = _canonical_axes(nii.affine)
+        return Geometry(tuple(shape[a] for a in axes), tuple(round(zooms[a], 6) for a in axes),
+                        np.asarray(affine, dtype=np.float64), axes)
+    img = read_image(path)
+    return Geometry(tuple(img.array.shape), tuple(img.spacing), np.asarray(img.affine), tuple(img.axes))
 
 
 def _read_nifti(path: Path) -> Image:
@@ -179,7 +237,7 @@ def _read_nifti(path: Path) -> Image:
     if len(spacing) < 3:
         spacing = spacing + (1.0,) * (3 - len(spacing))
     return Image(arr, canon.affine.astype(np.float64), spacing, str(path), reoriented=orig != ("R", "A", "S"),
-                 orientation="".join(orig))
+                 orientation="".join(orig), axes=_canonical_axes(nii.affine))
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> None:
@@ -239,7 +297,7 @@ def _read_dicom(path: Path) -> Image:
     canon = nib.as_closest_canonical(nii)
     spacing = tuple(round(float(s), 6) for s in canon.header.get_zooms()[:3])  # float32 header -> 7.7, not 7.6999998
     return Image(np.asarray(canon.dataobj), canon.affine, spacing, str(path), reoriented=orig != ("R", "A", "S"),
-                 orientation="".join(orig))
+                 orientation="".join(orig), axes=_canonical_axes(aff))
 
 
 # ----------------------------------------------------------------------------- PNG

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
-import pytest
-from curate_helpers import abdomen_dataset, save, write_manifest
+from curate_helpers import abdomen_dataset, fails as _fails, save, write_manifest
 from typer.testing import CliRunner
 
 from mrgen.cli import app
-from mrgen.curate import CurateError, run
+from mrgen.curate import run
 
 
 def _setup(tmp_path, **kw):
@@ -20,15 +17,6 @@ def _setup(tmp_path, **kw):
 
 def _arrays(cfg, subject):
     return list((cfg.workdir / "curated" / "arrays").rglob(f"{subject}/*.npy"))
-
-
-def _fails(cfg, *patterns):
-    with pytest.raises(CurateError) as exc:
-        run(cfg)
-    for p in patterns:
-        assert re.search(p, str(exc.value)), str(exc.value)
-    assert isinstance(exc.value, ValueError)
-    return str(exc.value)
 
 
 def test_corrupt_file(tmp_path, make_cfg):

@@ -103,6 +103,7 @@ def synthetic_index(path, n):
         "slice": pa.array(z.astype(np.int64)), "shape": _const([64, 64], n, pa.int64()),
         "orig_shape": _const([256, 256, 40], n, pa.int64()), "spacing": _const([1.25, 1.25, 7.7], n, pa.float64()),
         "affine": _lists(rng.random(16 * n), np.full(n, 16), pa.float64()),
+        "grid_spacing": _const([7.7, 5.0, 5.0], n, pa.float64()),
         "source": pa.array(np.full(n, "/data/x.nii.gz")), "mask_source": pa.array(np.full(n, "/data/y.nii.gz")),
         "hash": pa.array(np.full(n, "0123456789abcdef")),
     }

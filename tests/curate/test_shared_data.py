@@ -49,7 +49,8 @@ def cfg_for(tmp_path: Path, manifest: Path, size: int = 32):
 
 
 @pytest.mark.parametrize("example,folder,n_volumes,n_subjects", [
-    ("brats2013.yaml", "brats2013", 12, 6), ("chaos_t2.yaml", "chaos_t2", 20, 20), ("spinalcord.yaml", "spinalcord", 3, 1)])
+    ("brats2013.yaml", "brats2013", 12, 6), ("chaos_t2.yaml", "chaos_t2", 20, 20), ("spinalcord.yaml", "spinalcord", 3, 1),
+    ("mscmrseg.yaml", "mscmrseg", 70, 35)])
 def test_example_manifests_find_every_volume(example, folder, n_volumes, n_subjects):
     need(folder)
     specs = volumes(load_manifest(EXAMPLES / example))
@@ -99,6 +100,30 @@ def test_spinalcord_example(tmp_path):
     assert '"spinalcord/spinalcord/T2": "PSR"' in summary  # stored P-S-R on disk, reoriented
     rows = Index(cfg.workdir).query(modality="T2", organ="spinal cord")
     assert len(rows) == 55 and rows[0]["region"] == "neck" and rows[0]["prompt"].endswith("; neck and cervical spine; spinal cord")
+
+
+def test_mscmrseg_as_the_files_come(tmp_path):
+    """Patient 6 (codes PSR) and 7 (LSP): 200/500/600 float64 / int16 masks, short-axis stacks on R / A."""
+    import nibabel as nib
+
+    from mrgen.curate.labels import original_values
+
+    need("mscmrseg")
+    pats = {"bSSFP": "C0/patient[67]_C0.nii.gz", "LGE": "LGE/patient[67]_LGE.nii.gz"}
+    cfg = cfg_for(tmp_path, subset(tmp_path, "mscmrseg.yaml", pats), 64)
+    assert run(cfg)["volumes"] == 4
+    ix = Index(cfg.workdir)
+    area = {}
+    for v in ix.query(kind="volume"):
+        hdr = nib.load(v["source"]).header
+        assert v["shape"][0] == hdr.get_data_shape()[int(np.argmax(hdr.get_zooms()[:3]))]  # the acquired slices
+        m = load_mask(ix.root, v)
+        assert set(np.unique(m)) == {0, 1, 2, 3}
+        area.setdefault(v["modality"], []).extend(int(n) for n in (m == 2).sum(axis=(1, 2)) if n)
+    assert original_values(cfg.workdir) == {1: 200, 2: 500, 3: 600}
+    med = {k: float(np.median(a)) for k, a in area.items()}
+    assert max(med.values()) / min(med.values()) < 1.6, med  # the LV blood pool at one scale in both sequences
+    assert (cfg.workdir / "curated" / "preview_mscmrseg.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

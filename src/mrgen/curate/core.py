@@ -7,6 +7,10 @@ rerun on unchanged inputs rewrites nothing. Volumes that replace existing arrays
 written to ``curated/.staging`` and moved into place only when the new index is written,
 so a failing run never damages what the old index points to.
 
+The run's grid (``data.spacing`` or its median, :func:`mrgen.curate.report.plan_grid`) is decided
+before any volume is read; each volume is cut along its acquisition and resampled onto it
+(:mod:`mrgen.curate.geometry`), its mask values mapped to the stored 1..N (``label_values.json``).
+
 Context labels (manifest ``context:``) are merged into the stored masks of annotated volumes
 (see :mod:`mrgen.curate.volume`); they are listed in ``curated/context.json``, never in
 ``labels.json``, nor in a row's ``labels``/``organs``/prompt (see :mod:`mrgen.curate.labels`).
@@ -25,9 +29,11 @@ from pathlib import Path
 
 from mrgen import io, prompts
 from mrgen.config import Config
+from mrgen.curate.geometry import Grid
 from mrgen.curate.index import replace_if_changed, write_index
+from mrgen.curate.labels import CONTEXT_FILE, LABELS_FILE, VALUES_FILE
 from mrgen.curate.manifest import CurateError, DatasetSpec, VolumeSpec, load_manifest, volumes
-from mrgen.curate.labels import CONTEXT_FILE, LABELS_FILE
+from mrgen.curate.report import dataset_geometry, plan_grid, summary_lines, write_previews
 from mrgen.curate.volume import array_paths, context_hash, context_sources, process, source_hash
 
 SCHEMA = 1
@@ -39,11 +45,17 @@ def manifest_path(cfg: Config) -> Path:
     return Path(cfg.curate.manifest) if cfg.curate.manifest else cfg.workdir / "phantom" / "manifest.yaml"
 
 
-def _settings(spec: VolumeSpec, size: int) -> dict:
+def _settings(spec: VolumeSpec, grid: Grid) -> dict:
     """Everything that changes the stored arrays (other settings only change index rows)."""
-    out = {"schema": SCHEMA, "image_size": size, "normalize": spec.dataset.normalize, "has_mask": spec.mask is not None}
+    ds = spec.dataset
+    out = {"schema": SCHEMA, "image_size": grid.size, "normalize": ds.normalize, "has_mask": spec.mask is not None,
+           **grid.settings(), "slice_axis": ds.slice_axis, "crop": ds.crop}
+    if spec.mask is not None:  # file value -> stored value of every label and context label
+        out["values"] = [[int(v), int(s)] for v, s in sorted(ds.value_map.items())]
+    if spec.pixel_spacing:
+        out["pixel_spacing"] = [float(v) for v in spec.pixel_spacing]
     if spec.context:  # the values context masks get (their files are hashed in context_hash)
-        out["context"] = [int(v) for v, _ in spec.context]
+        out["context"] = [int(ds.value_map.get(v, v)) for v, _ in spec.context]
     return out
 
 
@@ -66,9 +78,9 @@ def _load_records(curated: Path) -> dict:
     return records
 
 
-def _current(rec: dict | None, spec: VolumeSpec, hashes: tuple, size: int, curated: Path) -> bool:
+def _current(rec: dict | None, spec: VolumeSpec, hashes: tuple, grid: Grid, curated: Path) -> bool:
     if not rec or (rec.get("source_hash"), rec.get("mask_hash"), rec.get("context_hash", "")) != hashes \
-            or rec.get("settings") != _settings(spec, size):
+            or rec.get("settings") != _settings(spec, grid):
         return False
     base = curated / STAGING if rec.get("staged") else curated
     return all((base / rel).exists() for rel in (rec.get("image"), rec.get("mask")) if rel) and bool(rec.get("image"))
@@ -102,7 +114,8 @@ def _hash(*parts) -> str:
 def rows_for(rec: dict, ds: DatasetSpec, split: str, min_px: int) -> list[dict]:
     """Index rows (one per slice + one for the volume) of one stored volume."""
     depth = int(rec["shape"][0])
-    counts = {int(k): v for k, v in rec.get("label_counts", {}).items() if int(k) in ds.labels}
+    names = ds.stored_labels  # stored value -> name (context labels are not organs)
+    counts = {int(k): v for k, v in rec.get("label_counts", {}).items() if int(k) in names}
     regions = ds.regions_for(depth)
     modality = rec["modality"]
     base = {
@@ -110,10 +123,11 @@ def rows_for(rec: dict, ds: DatasetSpec, split: str, min_px: int) -> list[dict]:
         "attributes": prompts.attributes(modality), "split": split, "has_mask": bool(rec["mask"]),
         "image": rec["image"], "mask": rec["mask"], "orig_shape": rec["orig_shape"], "spacing": rec["spacing"],
         "affine": rec["affine"], "source": rec["source"], "mask_source": rec["mask_source"],
+        "grid_spacing": rec["grid_spacing"],
     }
 
     def row(kind, rid, z, region, labels, shape, h):
-        organs = [ds.labels[v] for v in labels]  # context labels are not organs: not listed, not in the prompt
+        organs = [names[v] for v in labels]  # context labels are not organs: not listed, not in the prompt
         return {**base, "id": rid, "kind": kind, "region": region, "organs": organs, "labels": labels,
                 "prompt": prompts.build_prompt(modality, region or None, organs), "slice": z, "shape": shape, "hash": h}
 
@@ -134,33 +148,34 @@ def run(cfg: Config) -> dict:
     man = load_manifest(manifest_path(cfg))
     specs = volumes(man)
     curated = cfg.workdir / "curated"
-    size, cc = cfg.data.image_size, cfg.curate
+    cc = cfg.curate
+    grid = plan_grid(cfg.data, specs)
     old = _load_records(curated)
     records: dict = {}
     todo: list = []
     for spec in specs:  # hash sources, decide what to (re)do
         hashes = (source_hash(spec.image), source_hash(spec.mask), context_hash(spec))
         rec = old.get(spec.key)
-        if _current(rec, spec, hashes, size, curated):
+        if _current(rec, spec, hashes, grid, curated):
             _recheck(rec, spec)
             rec.update(source=os.path.abspath(spec.image), mask_source=os.path.abspath(spec.mask) if spec.mask else "",
                        context_source=context_sources(spec))
             records[spec.key] = rec
         else:
             todo.append((spec, hashes))
-    _curate(todo, records, curated, size, cc.affine_tol, max(1, int(cc.workers)))
-    return _commit(cfg, man, specs, records, curated, processed=len(todo))
+    _curate(todo, records, curated, grid, cc.affine_tol, max(1, int(cc.workers)))
+    return _commit(cfg, man, specs, records, curated, grid, processed=len(todo))
 
 
-def _one(spec: VolumeSpec, hashes: tuple, curated: Path, size: int, tol: float) -> dict:
+def _one(spec: VolumeSpec, hashes: tuple, curated: Path, grid: Grid, tol: float) -> dict:
     img_rel, mask_rel = array_paths(spec)
     staged = (curated / img_rel).exists() or (curated / mask_rel).exists()
-    rec = process(spec, size, tol, curated, staged)
-    rec.update(source_hash=hashes[0], mask_hash=hashes[1], context_hash=hashes[2], settings=_settings(spec, size))
+    rec = process(spec, grid, tol, curated, staged)
+    rec.update(source_hash=hashes[0], mask_hash=hashes[1], context_hash=hashes[2], settings=_settings(spec, grid))
     return rec
 
 
-def _curate(todo: list, records: dict, curated: Path, size: int, tol: float, workers: int) -> None:
+def _curate(todo: list, records: dict, curated: Path, grid: Grid, tol: float, workers: int) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not todo:
@@ -178,10 +193,10 @@ def _curate(todo: list, records: dict, curated: Path, size: int, tol: float, wor
 
         if workers == 1:
             for spec, hashes in todo:
-                done(_one(spec, hashes, curated, size, tol))
+                done(_one(spec, hashes, curated, grid, tol))
             return
         with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(_one, spec, hashes, curated, size, tol) for spec, hashes in todo]
+            futures = [pool.submit(_one, spec, hashes, curated, grid, tol) for spec, hashes in todo]
             try:
                 for fut in futures:
                     done(fut.result())
@@ -191,7 +206,7 @@ def _curate(todo: list, records: dict, curated: Path, size: int, tol: float, wor
                 raise
 
 
-def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, processed: int) -> dict:
+def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, grid: Grid, processed: int) -> dict:
     cc = cfg.curate
     staging = curated / STAGING
     for spec in specs:  # move re-curated arrays into place, then publish the new index
@@ -214,9 +229,9 @@ def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, process
         rows.extend(vol_rows)
         s = summary.setdefault(spec.dataset.name, {"subjects": 0, "volumes": 0, "slices": 0, "modalities": [],
                                                    "test_subjects": sorted(test[spec.dataset.name]), "organs": {}})
-        for c in spec.dataset.context:  # slices holding each context label (not organs: no prompt, no segmenter)
-            n = sum(1 for px in rec.get("label_counts", {}).get(str(c.value), []) if px >= cc.min_label_pixels)
-            s.setdefault("context", {})[c.name] = s.get("context", {}).get(c.name, 0) + n
+        for value, name in spec.dataset.stored_context():  # slices holding each context label (no prompt, no segmenter)
+            n = sum(1 for px in rec.get("label_counts", {}).get(str(value), []) if px >= cc.min_label_pixels)
+            s.setdefault("context", {})[name] = s.get("context", {}).get(name, 0) + n
         s["volumes"] += 1
         s["slices"] += len(vol_rows) - 1
         if spec.modality not in s["modalities"]:
@@ -226,19 +241,25 @@ def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, process
                 s["organs"][o] = s["organs"].get(o, 0) + 1
     for name, s in summary.items():
         s["subjects"] = len(subjects[name])
+    for ds in man.datasets:
+        summary[ds.name]["geometry"] = dataset_geometry(ds, [records[s.key] for s in specs if s.dataset is ds])
     write_index(curated / "index.parquet", rows)
-    labels = {ds.name: {str(v): n for v, n in ds.labels.items()} for ds in man.datasets}
-    _write_json(curated / LABELS_FILE, labels)  # segmentation labels only
-    context = {ds.name: {str(c.value): c.name for c in ds.context} for ds in man.datasets if ds.context}
+    labels = {ds.name: {str(v): n for v, n in ds.stored_labels.items()} for ds in man.datasets}
+    _write_json(curated / LABELS_FILE, labels)  # segmentation labels only, stored values
+    context = {ds.name: {str(v): n for v, n in ds.stored_context()} for ds in man.datasets if ds.context}
     _write_json(curated / CONTEXT_FILE, context)  # conditioning-only labels ({} when there are none)
+    values = {ds.name: {str(s): v for v, s in sorted(ds.value_map.items(), key=lambda kv: kv[1])} for ds in man.datasets}
+    _write_json(curated / VALUES_FILE, values)  # stored value -> value in the user's mask files
     reoriented = {k: records[k]["orientation"] for k in sorted(records) if records[k].get("reoriented") and k in {s.key for s in specs}}
     _write_json(curated / "curate.json", {
         "schema": SCHEMA, "manifest": os.path.abspath(man.path), "manifest_hash": man.sha256,
         "settings": {"image_size": cfg.data.image_size, "min_label_pixels": cc.min_label_pixels,
-                     "test_fraction": cc.test_fraction, "seed": cc.seed, "affine_tol": cc.affine_tol},
-        "summary": summary, "reoriented": reoriented,
+                     "test_fraction": cc.test_fraction, "seed": cc.seed, "affine_tol": cc.affine_tol,
+                     "spacing": cfg.data.spacing or "auto", "grid": grid.settings()},
+        "summary": summary, "reoriented": reoriented, "label_values": values,
         "volumes": {s.key: records[s.key] for s in specs},
     })
+    write_previews(curated, man.datasets, specs, records)
     (curated / PROGRESS).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     n_slices = sum(1 for r in rows if r["kind"] == "slice")
@@ -246,6 +267,7 @@ def _commit(cfg: Config, man, specs: list, records: dict, curated: Path, process
         "index": str(curated / "index.parquet"), "datasets": len(summary), "volumes": len(specs), "slices": n_slices,
         "curated": processed, "reused": len(specs) - processed,
         "split": {d: f"{len(subjects[d]) - len(t)} train / {len(t)} test subjects" for d, t in test.items()},
+        **summary_lines(man.datasets, summary),
     }
 
 

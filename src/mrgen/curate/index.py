@@ -28,7 +28,7 @@ SCHEMA = pa.schema([
     ("organs", pa.list_(pa.string())), ("labels", pa.list_(pa.int64())), ("prompt", pa.string()),
     ("split", pa.string()), ("has_mask", pa.bool_()), ("image", pa.string()), ("mask", pa.string()),
     ("slice", pa.int64()), ("shape", pa.list_(pa.int64())), ("orig_shape", pa.list_(pa.int64())),
-    ("spacing", pa.list_(pa.float64())), ("affine", pa.list_(pa.float64())),
+    ("spacing", pa.list_(pa.float64())), ("affine", pa.list_(pa.float64())), ("grid_spacing", pa.list_(pa.float64())),
     ("source", pa.string()), ("mask_source", pa.string()), ("hash", pa.string()),
 ])
 COLUMNS = tuple(SCHEMA.names)

@@ -7,6 +7,11 @@ BraTS ``5: brain``): the generator is conditioned on them, every segmenter path 
 background (:func:`strip_context`). Both files are written by ``mrgen curate``; a run curated
 before context labels existed has no ``context.json``, which means "no context labels".
 
+Every value here is a **stored** value: curate maps the values of the user's mask files (e.g.
+MS-CMRSeg's 200/500/600) to consecutive 1..N, context labels after them (N+1..);
+``curated/label_values.json`` = ``{dataset: {stored: file value}}`` records the mapping
+(:func:`original_values`). Runs whose files already hold 1..N have the identity mapping.
+
 Every function takes the run folder, its ``curated/`` folder or ``curated/index.parquet``.
 """
 
@@ -19,6 +24,7 @@ import numpy as np
 
 LABELS_FILE = "labels.json"
 CONTEXT_FILE = "context.json"
+VALUES_FILE = "label_values.json"
 
 
 def curated_dir(path: str | Path) -> Path:
@@ -65,6 +71,20 @@ def context_names(path: str | Path) -> dict:
 def context_values(path: str | Path) -> set[int]:
     """The context label values of a curated run (mapped to background for every segmenter)."""
     return set(context_names(path))
+
+
+def original_values(path: str | Path) -> dict:
+    """``{stored value: value in the user's mask files}`` of the segmentation and context labels.
+
+    Runs curated before the mapping was recorded (no ``label_values.json``) stored the file values: identity."""
+    p = curated_dir(path) / VALUES_FILE
+    if not p.exists():
+        return {v: v for v in sorted({*target_names(path), *context_values(path)})}
+    out: dict = {}
+    for d in _read(p).values():
+        for stored, value in d.items():
+            out[int(stored)] = int(value)
+    return dict(sorted(out.items()))
 
 
 def n_classes(path: str | Path) -> int:

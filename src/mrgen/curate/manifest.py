@@ -18,13 +18,16 @@ from pathlib import Path
 import yaml
 
 from mrgen import prompts
+from mrgen.curate.errors import CurateError
+from mrgen.curate.manifest_labels import MAX_STORED, Context, context_spec, label_spec, value_map
+
+__all__ = ["CurateError", "Context", "DatasetSpec", "VolumeSpec", "Manifest", "Series", "load_manifest", "volumes",
+           "value_map", "expand_env"]
 
 NORMALIZE = ("mr", "mr-fg", "ct", "minmax")
+SLICE_AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # see mrgen.curate.geometry
+CROPS = ("centre", "foreground")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)?([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class CurateError(ValueError):
-    """Bad curate input (manifest or image); the message names the file and the fix."""
 
 
 @dataclass
@@ -32,15 +35,7 @@ class Series:
     modality: str  # canonical modality name
     images: str  # glob relative to the dataset root
     masks: str = ""  # path pattern with {subject}; "" = unannotated
-
-
-@dataclass
-class Context:
-    """A conditioning-only label: ``value`` where the subject's ``masks`` file is non-zero and the labels are 0."""
-
-    value: int
-    name: str
-    masks: str  # path pattern with {subject} (or a glob matching one file), relative to the dataset root
+    pixel_spacing: tuple = ()  # (h, w) mm per pixel replacing the headers' in-plane spacing; () = the headers'
 
 
 @dataclass
@@ -54,6 +49,18 @@ class DatasetSpec:
     region: str = ""
     region_by_slice: list = field(default_factory=list)  # [(start, end, region)], fractions from the top
     context: list = field(default_factory=list)  # [Context], in manifest order (the first wins where two overlap)
+    slice_axis: str = "auto"  # one of SLICE_AXES (mrgen.curate.geometry.slice_axis)
+    crop: str = "centre"  # centre | foreground: where the data.image_size window sits when a series is larger
+    value_map: dict = field(default_factory=dict)  # file value -> stored value (labels and context), set by load_manifest
+
+    @property
+    def stored_labels(self) -> dict:
+        """``{stored value: name}`` of the segmentation labels (what the curated masks hold)."""
+        return {self.value_map.get(v, v): n for v, n in self.labels.items()}
+
+    def stored_context(self) -> list:
+        """``[(stored value, name)]`` of the context labels, in manifest order."""
+        return [(self.value_map.get(c.value, c.value), c.name) for c in self.context]
 
     def regions_for(self, depth: int) -> list[str]:
         """Region of each z index (canonical RAS: z=0 is the most inferior slice)."""
@@ -79,6 +86,7 @@ class VolumeSpec:
     image: Path
     mask: Path | None
     context: tuple = ()  # ((value, Path), ...) of the dataset's context masks; only for annotated volumes
+    pixel_spacing: tuple = ()  # the series' pixel_spacing override (mm), () = the file header's
 
     @property
     def key(self) -> str:
@@ -109,59 +117,18 @@ def expand_env(text: str, where: str = "") -> str:
     return os.path.expanduser(_ENV.sub(sub, text))
 
 
-def _labels(raw, where: str) -> dict:
-    if raw in (None, {}):
-        return {}
-    if not isinstance(raw, dict):
-        raise CurateError(f"{where}: 'labels' must be a mapping like {{1: liver, 2: spleen}}")
-    out = {}
-    for k, v in raw.items():
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            raise CurateError(f"{where}: label key {k!r} is not an integer; write labels as {{1: liver, 2: spleen}}") from None
-        if not 1 <= value <= 255:
-            raise CurateError(f"{where}: label value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
-        if not isinstance(v, str) or not v.strip():
-            raise CurateError(f"{where}: label {value} needs a name (e.g. {value}: liver)")
-        out[value] = v.strip()
-    return dict(sorted(out.items()))
-
-
-CONTEXT_HELP = "write context: {5: {name: brain, masks: '{subject}/brainmask.nii.gz'}}"
-
-
-def _context(raw, labels: dict, where: str) -> list:
-    if raw in (None, {}):
-        return []
-    if not isinstance(raw, dict):
-        raise CurateError(f"{where}: 'context' must be a mapping of value -> {{name, masks}}; {CONTEXT_HELP}")
-    out = []
-    for k, v in raw.items():
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            raise CurateError(f"{where}: context key {k!r} is not an integer label value; {CONTEXT_HELP}") from None
-        if not 1 <= value <= 255:
-            raise CurateError(f"{where}: context value {value} must be in 1..255 (0 is background; masks are stored as uint8)")
-        if value in labels:
-            raise CurateError(
-                f"{where}: context value {value} ({v.get('name') if isinstance(v, dict) else v}) is also the label "
-                f"{value}: {labels[value]}; a context label needs a value of its own — use one above the labels, "
-                f"e.g. {max(labels) + 1}"
-            )
-        if not isinstance(v, dict):
-            raise CurateError(f"{where}: context {value} must be a mapping with 'name' and 'masks'; {CONTEXT_HELP}")
-        extra = set(v) - {"name", "masks"}
-        if extra:
-            raise CurateError(f"{where}: context {value} has unknown key(s) {sorted(extra)}; valid: name, masks")
-        name, masks = v.get("name"), v.get("masks")
-        if not isinstance(name, str) or not name.strip():
-            raise CurateError(f"{where}: context {value} needs a name (e.g. name: brain)")
-        if not isinstance(masks, str) or not masks.strip():
-            raise CurateError(f"{where}: context {value} ({name}) needs 'masks': a path pattern with {{subject}}, "
-                              f"e.g. '{{subject}}/brainmask.nii.gz'")
-        out.append(Context(value, name.strip(), masks.strip()))
+def _pixel_spacing(raw, where: str) -> tuple:
+    """``pixel_spacing: 0.75`` or ``[0.75, 0.75]`` -> (h, w) mm; absent -> ()."""
+    if raw in (None, "", []):
+        return ()
+    vals = raw if isinstance(raw, (list, tuple)) else [raw, raw]
+    try:
+        out = tuple(float(v) for v in vals)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 2 or not all(v > 0 for v in out):
+        raise CurateError(f"{where}: pixel_spacing must be one positive number or two ([h, w]) in mm per pixel of the "
+                          f"slice plane, got {raw!r}; leave it out to use the file headers")
     return out
 
 
@@ -180,7 +147,8 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     where = f"{mpath}: datasets[{i}]"
     if not isinstance(raw, dict):
         raise CurateError(f"{where} must be a mapping with name, root, subject_pattern, series")
-    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "context", "series"}
+    known = {"name", "root", "subject_pattern", "region", "region_by_slice", "normalize", "labels", "context", "series",
+             "slice_axis", "crop"}
     extra = set(raw) - known
     if extra:
         raise CurateError(f"{where}: unknown key(s) {sorted(extra)}; valid keys: {', '.join(sorted(known))}")
@@ -213,7 +181,7 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         if not 0.0 <= a < b <= 1.0:
             raise CurateError(f"{where}: region_by_slice range [{a}, {b}] must satisfy 0 <= start < end <= 1")
         rules.append((a, b, _region(rule[2], where)))
-    labels = _labels(raw.get("labels"), where)
+    labels = label_spec(raw.get("labels"), where)
     series_raw = raw.get("series")
     if not isinstance(series_raw, list) or not series_raw:
         raise CurateError(f"{where}: 'series' must list at least one {{modality: ..., images: ...}}")
@@ -221,9 +189,9 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
     for j, s in enumerate(series_raw):
         if not isinstance(s, dict) or not s.get("modality") or not s.get("images"):
             raise CurateError(f"{where}: series[{j}] needs 'modality' and 'images' (and optionally 'masks')")
-        extra = set(s) - {"modality", "images", "masks"}
+        extra = set(s) - {"modality", "images", "masks", "pixel_spacing"}
         if extra:
-            raise CurateError(f"{where}: series[{j}] has unknown key(s) {sorted(extra)}; valid: modality, images, masks")
+            raise CurateError(f"{where}: series[{j}] has unknown key(s) {sorted(extra)}; valid: modality, images, masks, pixel_spacing")
         try:
             modality = prompts.canonical_modality(str(s["modality"]))
         except prompts.PromptError as exc:
@@ -234,14 +202,21 @@ def _dataset(raw: dict, i: int, mpath: Path) -> DatasetSpec:
         masks = str(s.get("masks") or "")
         if masks and not labels:
             raise CurateError(f"{where}: series {modality} has masks but the dataset declares no 'labels'; add e.g. labels: {{1: liver}}")
-        series.append(Series(modality, str(s["images"]), masks))
-    context = _context(raw.get("context"), labels, where)
+        series.append(Series(modality, str(s["images"]), masks, _pixel_spacing(s.get("pixel_spacing"), f"{where}: series {modality}")))
+    context = context_spec(raw.get("context"), labels, where)
     if context and not any(s.masks for s in series):
         raise CurateError(
             f"{where}: 'context' is given but no series has 'masks'; context labels are merged into the masks of "
             f"annotated series only — add 'masks' to a series or drop 'context'"
         )
-    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context)
+    slice_axis = str(raw.get("slice_axis", "auto")).strip().lower()
+    if slice_axis not in SLICE_AXES:
+        raise CurateError(f"{where}: slice_axis must be one of {', '.join(SLICE_AXES)} (i/j/k: the file's first/second/third "
+                          f"voxel axis), got {raw.get('slice_axis')!r}")
+    crop = str(raw.get("crop", "centre")).strip().lower().replace("center", "centre")
+    if crop not in CROPS:
+        raise CurateError(f"{where}: crop must be 'centre' or 'foreground', got {raw.get('crop')!r}")
+    return DatasetSpec(name, root, pattern, normalize, labels, series, region, rules, context, slice_axis, crop)
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -271,6 +246,12 @@ def load_manifest(path: str | Path) -> Manifest:
                     f"{c.value}: {other.labels[c.value]} of dataset '{other.name}'; context values are background for "
                     f"every segmenter, so give the context label a value no dataset uses as a label"
                 )
+    vmap = value_map(datasets)
+    if len(vmap) > MAX_STORED:
+        raise CurateError(f"{path}: the datasets declare {len(vmap)} distinct label and context values; curated masks "
+                          f"hold at most {MAX_STORED} (uint8) — merge or drop labels")
+    for ds in datasets:
+        ds.value_map = {v: vmap[v] for v in [*ds.labels, *(c.value for c in ds.context)]}
     return Manifest(path, hashlib.sha256(text.encode()).hexdigest()[:16], datasets)
 
 
@@ -317,7 +298,7 @@ def volumes(manifest: Manifest) -> list[VolumeSpec]:
             for subj, f in sorted(by_subject.items()):
                 mask = _mask_path(ds, s, subj, f) if s.masks else None
                 context = tuple((c.value, _context_path(ds, c, subj, f)) for c in ds.context) if mask else ()
-                out.append(VolumeSpec(ds, subj, s.modality, f, mask, context))
+                out.append(VolumeSpec(ds, subj, s.modality, f, mask, context, s.pixel_spacing))
     return sorted(out, key=lambda v: v.key)
 
 

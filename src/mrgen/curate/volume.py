@@ -1,7 +1,10 @@
-"""One volume: read, check, normalise, resample in-plane, store.
+"""One volume: read, check, normalise, orient, resample, store.
 
-Stored arrays are ``(Z, H, W)``: ``H`` is canonical RAS x, ``W`` is y, ``z`` untouched.
-Images are float16 in [-1, 1]; masks uint8. A dataset's context labels (manifest ``context:``)
+Stored arrays are ``(Z, H, W)``: ``Z`` the slice axis, ``H``/``W`` the in-plane axes
+(:mod:`mrgen.curate.geometry`; for axial slicing ``H`` is canonical RAS x, ``W`` is y), at the
+run's grid (``data.spacing`` mm per pixel, ``data.image_size`` pixels). Images are float16 in
+[-1, 1]; masks uint8 with the stored label values (file values mapped to 1..N, context labels
+after them; the manifest's ``value_map``). A dataset's context labels (manifest ``context:``)
 are merged into the stored mask of an annotated volume: the label where the mask is non-zero,
 else the first context value whose context mask is non-zero there.
 """
@@ -16,10 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from mrgen import io
+from mrgen.curate.geometry import (Grid, extent, orient, oriented, oriented_affine, place, plane_fov, resize_inplane,
+                                   slice_axis, source_spacing, square_pad, window)
 from mrgen.curate.manifest import CurateError, VolumeSpec
+
+__all__ = ["process", "normalise", "square_pad", "resize_inplane", "stored_values", "read_checked", "composite"]
 
 CT_WINDOW = (-300.0, 200.0)
 MR_PERCENTILES = (0.5, 99.5)
+BODY = 0.1  # crop: foreground on an unannotated series: normalised intensity above this is body
 
 
 def source_hash(path: Path | None) -> str:
@@ -141,68 +149,87 @@ def normalise(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def square_pad(arr: np.ndarray, spacing: tuple, fill: float) -> np.ndarray:
-    """Pad ``(Z, X, Y)`` symmetrically so both in-plane axes cover the same extent in mm."""
-    _, nx, ny = arr.shape
-    sx, sy = float(spacing[0]) or 1.0, float(spacing[1]) or 1.0
-    extent = max(nx * sx, ny * sy)
-    tx, ty = max(nx, int(round(extent / sx))), max(ny, int(round(extent / sy)))
-    px, py = tx - nx, ty - ny
-    if not (px or py):
+def stored_values(arr: np.ndarray, value_map: dict) -> np.ndarray:
+    """Mask values as in the file -> the stored 1..N (labels) and N+1.. (context); 0 stays 0."""
+    arr = np.asarray(arr)
+    if all(k == v for k, v in value_map.items()):
         return arr
-    return np.pad(arr, ((0, 0), (px // 2, px - px // 2), (py // 2, py - py // 2)), constant_values=fill)
+    lut_in = np.array([0, *value_map], dtype=np.int64)
+    lut_out = np.array([0, *value_map.values()], dtype=np.int64)
+    order = np.argsort(lut_in)
+    idx = np.searchsorted(lut_in[order], arr)  # every value was checked to be declared (read_checked)
+    return lut_out[order][idx].astype(arr.dtype)
 
 
-def resize_inplane(arr: np.ndarray, size: int, mask: bool) -> np.ndarray:
-    """``(Z, X, Y)`` -> ``(Z, size, size)``: antialiased bilinear for images, nearest for masks."""
-    import torch
-    import torch.nn.functional as F
+def _fit(zhw: np.ndarray, mzhw: np.ndarray | None, sp: list, grid: Grid, crop: str) -> tuple:
+    """Source ``(Z, H, W)`` image (and mask) at ``sp`` = (h, w, z) mm -> the run's grid; returns (image, mask, record)."""
+    rec: dict = {}
+    if grid.depth:  # 3D: a window of the source slices that covers depth * z_spacing mm
+        keep = grid.slices(sp[2])
+        span = _span(mzhw, zhw, 0, crop)
+        z0 = window(zhw.shape[0], keep, span)
+        zhw = place(zhw, {0: z0}, keep, 0.0)
+        mzhw = None if mzhw is None else place(mzhw, {0: z0}, keep, 0)
+        rec["z_window"] = {"slices": keep, "start": z0}
+    fov = plane_fov(zhw.shape[1:], sp[:2])
+    n = grid.pixels(fov)
+    img = resize_inplane(square_pad(zhw, sp[:2], 0.0), n, mask=False)
+    m = None
+    if mzhw is not None:
+        m = np.rint(resize_inplane(square_pad(mzhw.astype(np.float32), sp[:2], 0.0), n, mask=True))
+    starts = {a: window(n, grid.size, _span(m, img, a, crop)) for a in (1, 2)}
+    img = place(img, starts, grid.size, 0.0)
+    m = None if m is None else place(m, starts, grid.size, 0.0).astype(np.uint8)
+    rec.update(fov_mm=round(fov, 4), scale_mm=round(fov / n, 6), resampled=n, start=[starts[1], starts[2]])
+    return img, m, rec
 
-    if arr.shape[1:] == (size, size):
-        return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[:, None]
-    with torch.no_grad():
-        if mask:
-            out = F.interpolate(t, size=(size, size), mode="nearest-exact")
-        else:
-            down = size < max(arr.shape[1:])
-            out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
-    return out[:, 0].numpy()
+
+def _span(mask: np.ndarray | None, img01: np.ndarray, axis: int, crop: str) -> tuple | None:
+    """Foreground extent along ``axis`` for ``crop: foreground``: the labels, else the body (bright voxels)."""
+    if crop != "foreground":
+        return None
+    if mask is not None and np.any(mask):
+        return extent(mask > 0, axis)
+    return extent(img01 > BODY, axis, min_fraction=0.05)
 
 
-def process(spec: VolumeSpec, size: int, affine_tol: float, curated: Path, staged: bool) -> dict:
-    """Check, normalise, resample and store one volume; return its record for curate.json."""
+def process(spec: VolumeSpec, grid: Grid, affine_tol: float, curated: Path, staged: bool) -> dict:
+    """Check, normalise, orient, resample and store one volume; return its record for curate.json."""
     img, mask = read_checked(spec, affine_tol)
     context = read_context(spec, img, affine_tol) if mask is not None else []
-    img01 = normalise(img.array, spec.dataset.normalize)
-    zxy = np.transpose(img01, (2, 0, 1))
-    stored = resize_inplane(square_pad(zxy, img.spacing, 0.0), size, mask=False)
+    ds = spec.dataset
+    geo = slice_axis(img.array.shape, img.spacing, img.axes, img.affine, ds.slice_axis)
+    sp = source_spacing(img.spacing, geo, spec.pixel_spacing)
+    merged = None
+    if mask is not None:
+        stored_context = [(ds.value_map.get(v, v), where) for v, where in context]
+        merged = composite(stored_values(mask.array, ds.value_map), stored_context)
+    zhw = orient(normalise(img.array, ds.normalize), geo)
+    stored, m, placed = _fit(zhw, None if merged is None else orient(merged, geo), sp, grid, ds.crop)
     stored = np.clip(stored * 2.0 - 1.0, -1.0, 1.0).astype(np.float16)
     rel = array_paths(spec)
     record = {
-        "key": spec.key, "dataset": spec.dataset.name, "subject": spec.subject, "modality": spec.modality,
+        "key": spec.key, "dataset": ds.name, "subject": spec.subject, "modality": spec.modality,
         "source": os.path.abspath(spec.image), "mask_source": os.path.abspath(spec.mask) if spec.mask else "",
         "context_source": context_sources(spec), "image": rel[0], "mask": rel[1] if mask is not None else "",
-        "shape": list(stored.shape), "orig_shape": [int(s) for s in img.array.shape],
-        "spacing": [float(s) for s in img.spacing], "affine": [float(v) for v in np.asarray(img.affine).ravel()],
-        "orientation": img.orientation,
+        "shape": list(stored.shape), "orig_shape": [int(s) for s in oriented(img.array.shape, geo)],
+        "spacing": [float(s) for s in sp],
+        "affine": [float(v) for v in oriented_affine(img.affine, img.array.shape, geo, spec.pixel_spacing).ravel()],
+        "grid_spacing": [float(sp[2]), placed["scale_mm"], placed["scale_mm"]],
+        "geometry": {**geo.record(), **placed, **({"header_spacing": [float(s) for s in oriented(img.spacing, geo)]}
+                                                    if spec.pixel_spacing else {})}, "orientation": img.orientation,
         "reoriented": bool(img.reoriented), "image_hash": io.array_hash(stored),
         "mask_hash_stored": "", "mask_values": [], "context_values": [], "label_counts": {}, "staged": staged,
     }
     # everything is checked and computed before the first byte of this volume is written
     if mask is not None:
-        merged = composite(mask.array, context)
-        m = np.transpose(merged, (2, 0, 1)).astype(np.float32)
-        m = resize_inplane(square_pad(m, img.spacing, 0.0), size, mask=True)
-        m = np.rint(m).astype(np.uint8)
         record["mask_hash_stored"] = io.array_hash(m)
-        record["mask_values"] = sorted(int(v) for v in np.unique(mask.array) if v != 0)  # the labels, without context
+        record["mask_values"] = sorted(int(v) for v in np.unique(mask.array) if v != 0)  # as in the file, without context
         present = {int(v) for v in np.unique(merged)}
-        record["context_values"] = [v for v, _ in context if v in present]
+        record["context_values"] = [v for v, _ in stored_context if v in present]
         flat = m.reshape(m.shape[0], -1)
-        record["label_counts"] = {
-            str(v): [int(c) for c in (flat == v).sum(axis=1)] for v in record["mask_values"] + record["context_values"]
-        }
+        counted = [ds.value_map.get(v, v) for v in record["mask_values"]] + record["context_values"]
+        record["label_counts"] = {str(v): [int(c) for c in (flat == v).sum(axis=1)] for v in counted}
     base = curated / ".staging" if staged else curated
     io.save_npy(base / rel[0], stored)
     if mask is not None:
