@@ -62,7 +62,7 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
     if not cfg.curate.manifest:
         out.append(Stage("phantom", ("phantom",), (), "phantom/manifest.yaml"))
     # a manifest of the user's: its content (not its path) is an input; the phantom's follows from phantom.*
-    out.append(Stage("curate", ("curate", "data.image_size"), () if cfg.curate.manifest else ("phantom",),
+    out.append(Stage("curate", ("curate", "data"), () if cfg.curate.manifest else ("phantom",),
                      "curated/index.parquet", extra=("manifest",) if cfg.curate.manifest else ()))
     if not concat:
         out += [
