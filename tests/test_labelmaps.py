@@ -70,3 +70,15 @@ def test_item_spacing_follows_curation():
     assert labelmaps.item_spacing(cfg, row) == pytest.approx((4 * 5.0 / 8, 48.0 / 16, 48.0 / 16))
     cfg2 = load_config("tiny")
     assert labelmaps.item_spacing(cfg2, row) == pytest.approx((3.0, 3.0))
+
+
+def test_item_spacing_reads_the_curated_grid_when_the_index_has_it():
+    # a cropped series: 192 px of 0.75 mm placed at 2.25 mm/px; the source shape alone would say 144 mm / 16 px
+    row = {"spacing": [0.75, 0.75, 5.0], "orig_shape": [192, 192, 10], "shape": [10, 16, 16], "grid_spacing": [5.0, 2.25, 2.25]}
+    assert labelmaps.item_spacing(load_config("tiny"), row) == pytest.approx((2.25, 2.25))
+    cfg3 = load_config("tiny", overrides=["data.spatial_dims=3", "data.image_size=16", "data.depth=8"])
+    assert labelmaps.item_spacing(cfg3, row) == pytest.approx((5.0 * 10 / 8, 2.25, 2.25))
+    from mrgen.segment.volumes import _spacing
+
+    assert _spacing(row, (16, 16)) == pytest.approx((5.0, 2.25, 2.25))
+    assert _spacing({k: v for k, v in row.items() if k != "grid_spacing"}, (16, 16)) == pytest.approx((5.0, 9.0, 9.0))

@@ -87,6 +87,12 @@ def item_spacing(cfg, row: dict) -> tuple:
 
     Curation pads each slice to a square in mm and resizes it to ``data.image_size``; 3D items are
     further resampled to ``data.depth`` slices. ``row``: an index row (``spacing``, ``orig_shape``)."""
+    grid = row.get("grid_spacing")
+    if grid is not None and len(grid) == 3:  # mm per stored voxel (z, h, w), written by curate
+        gz, gh, gw = (float(g) for g in grid)
+        if cfg.data.spatial_dims == 2:
+            return (gh, gw)
+        return (gz * int((row.get("shape") or [cfg.data.depth])[0]) / cfg.data.depth, gh, gw)
     sx, sy, sz = (list(row.get("spacing") or [1.0, 1.0, 1.0]) + [1.0])[:3]
     nx, ny, nz = (list(row.get("orig_shape") or [cfg.data.image_size] * 3) + [1])[:3]
     inplane = max(nx * sx, ny * sy) / cfg.data.image_size

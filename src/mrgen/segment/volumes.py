@@ -27,7 +27,10 @@ def group_volumes(rows: list[dict]) -> "OrderedDict[str, list[dict]]":
 
 
 def _spacing(row: dict, stored: tuple) -> tuple:
-    """mm per axis of the stored item, in (Z, X, Y) order."""
+    """mm per axis of the stored item, in (Z, X, Y) order: the index's ``grid_spacing`` (mm per stored voxel,
+    written by curate), or for an index curated before it, derived from the source spacing and shape."""
+    if row.get("grid_spacing") is not None and len(row["grid_spacing"]) == 3:
+        return tuple(float(s) for s in row["grid_spacing"])
     sp = [float(s) for s in (row.get("spacing") or [1.0, 1.0, 1.0])]
     orig = [int(s) for s in (row.get("orig_shape") or [])]
     if len(sp) < 3:
