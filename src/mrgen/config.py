@@ -194,6 +194,7 @@ class SegmentCfg:
     dropout: float = 0.0
     augment: bool = True  # flips, rot90, small affine/elastic, intensity scale/shift/gamma, noise
     name: str = "engine"  # `mrgen segment train|predict` use <workdir>/segment/<name>
+    original_labels: bool = True  # `segment predict` writes the label values of the user's mask files (else 1..N)
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=2e-3, batch_size=16))
 
 

@@ -122,14 +122,11 @@ def test_evaluate_segmenter_shifted_prediction_hand_computed(fake_run, monkeypat
     assert s["hd95"]["disk"] == pytest.approx(2.0)
 
 
-def test_segment_run_predict_writes_volumes(fake_run):
-    import nibabel as nib
-
+def test_segment_run_predict_needs_curate_records(fake_run):
+    """The fake index has no curate.json: without curate's records there is no way back to the source grid.
+    (Predictions on the source grid: tests/segment/test_native_grid.py.)"""
     from mrgen.segment import run_predict
 
-    res = run_predict(fake_run)
-    pred = fake_run.workdir / "segment" / "engine" / "pred"
-    assert res["volumes"] == 2 and res["items"] == 8
-    recs = json.loads((pred / "predictions.json").read_text())
-    nii = nib.load(str(pred / recs[0]["file"]))
-    assert nii.shape == (SIZE, SIZE, Z) and np.allclose(nii.header.get_zooms(), (2.0, 2.0, 3.0))
+    with pytest.raises(FileNotFoundError, match=r"curate\.json not found: predictions go back .* run `mrgen curate`"):
+        run_predict(fake_run)
+    assert not (fake_run.workdir / "segment" / "engine" / "pred").exists()

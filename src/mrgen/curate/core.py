@@ -31,6 +31,7 @@ from mrgen import io, prompts
 from mrgen.config import Config
 from mrgen.curate.geometry import Grid
 from mrgen.curate.index import replace_if_changed, write_index
+from mrgen.curate.inverse import source_grid
 from mrgen.curate.labels import CONTEXT_FILE, LABELS_FILE, VALUES_FILE
 from mrgen.curate.manifest import CurateError, DatasetSpec, VolumeSpec, load_manifest, volumes
 from mrgen.curate.report import dataset_geometry, plan_grid, summary_lines, write_previews
@@ -160,11 +161,22 @@ def run(cfg: Config) -> dict:
             _recheck(rec, spec)
             rec.update(source=os.path.abspath(spec.image), mask_source=os.path.abspath(spec.mask) if spec.mask else "",
                        context_source=context_sources(spec))
+            if "source_grid" not in rec:  # curated before predictions went back to the files: headers only
+                rec["source_grid"] = _source_grid(spec, rec)
             records[spec.key] = rec
         else:
             todo.append((spec, hashes))
     _curate(todo, records, curated, grid, cc.affine_tol, max(1, int(cc.workers)))
     return _commit(cfg, man, specs, records, curated, grid, processed=len(todo))
+
+
+def _source_grid(spec: VolumeSpec, rec: dict) -> dict:
+    """The file's own grid of a reused volume (``curate.json`` ``source_grid``), from its header."""
+    try:
+        g = io.read_geometry(spec.image)
+    except io.ImageError as exc:
+        raise CurateError(str(exc)) from exc
+    return source_grid(g.shape, g.affine, rec.get("orientation", "RAS"))
 
 
 def _one(spec: VolumeSpec, hashes: tuple, curated: Path, grid: Grid, tol: float) -> dict:

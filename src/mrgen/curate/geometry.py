@@ -48,6 +48,12 @@ class Orientation:
         return {"slice_axis": WORLD[self.axis], "file_axis": FILE_AXES[self.file_axis], "rule": self.rule,
                 "inplane": "".join(WORLD[a] for a in self.inplane), "flipped": self.flip}
 
+    @classmethod
+    def from_record(cls, geo: dict) -> "Orientation":
+        """The orientation a volume's ``curate.json`` ``geometry`` (:meth:`record`) describes."""
+        return cls(WORLD.index(geo["slice_axis"]), tuple(WORLD.index(c) for c in geo["inplane"]), bool(geo["flipped"]),
+                   str(geo["rule"]), FILE_AXES.index(geo["file_axis"]))
+
 
 def slice_axis(shape: tuple, spacing: tuple, axes: tuple, affine: np.ndarray, override: str = "auto") -> Orientation:
     """The :class:`Orientation` of a canonical volume (``shape``/``spacing``/``affine`` in RAS+ order,
@@ -74,6 +80,12 @@ def orient(arr: np.ndarray, o: Orientation) -> np.ndarray:
     """Canonical ``(X, Y, Z)`` -> stored order ``(Z, H, W)`` (a view)."""
     out = np.transpose(arr, (o.axis, *o.inplane))
     return out[::-1] if o.flip else out
+
+
+def unorient(zhw: np.ndarray, o: Orientation) -> np.ndarray:
+    """Stored order ``(Z, H, W)`` -> canonical ``(X, Y, Z)``: the inverse of :func:`orient` (a view)."""
+    arr = zhw[::-1] if o.flip else zhw
+    return np.transpose(arr, np.argsort((o.axis, *o.inplane)))
 
 
 def oriented(values, o: Orientation) -> list:
@@ -137,16 +149,21 @@ class Grid:
         return out
 
 
-def square_pad(arr: np.ndarray, spacing: tuple, fill: float) -> np.ndarray:
-    """Pad ``(Z, H, W)`` symmetrically so both in-plane axes cover the same extent in mm."""
-    _, nx, ny = arr.shape
+def square_widths(shape_hw, spacing: tuple) -> tuple:
+    """``((before, after), (before, after))`` padding of an ``(H, W)`` plane so both axes cover the same mm."""
+    nx, ny = int(shape_hw[0]), int(shape_hw[1])
     sx, sy = float(spacing[0]) or 1.0, float(spacing[1]) or 1.0
     extent = max(nx * sx, ny * sy)
-    tx, ty = max(nx, int(round(extent / sx))), max(ny, int(round(extent / sy)))
-    px, py = tx - nx, ty - ny
-    if not (px or py):
+    px, py = max(nx, int(round(extent / sx))) - nx, max(ny, int(round(extent / sy))) - ny
+    return (px // 2, px - px // 2), (py // 2, py - py // 2)
+
+
+def square_pad(arr: np.ndarray, spacing: tuple, fill: float) -> np.ndarray:
+    """Pad ``(Z, H, W)`` symmetrically so both in-plane axes cover the same extent in mm."""
+    wx, wy = square_widths(arr.shape[1:], spacing)
+    if not any(wx + wy):
         return arr
-    return np.pad(arr, ((0, 0), (px // 2, px - px // 2), (py // 2, py - py // 2)), constant_values=fill)
+    return np.pad(arr, ((0, 0), wx, wy), constant_values=fill)
 
 
 def resize_inplane(arr: np.ndarray, size: int, mask: bool) -> np.ndarray:

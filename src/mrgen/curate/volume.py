@@ -21,6 +21,7 @@ import numpy as np
 from mrgen import io
 from mrgen.curate.geometry import (Grid, extent, orient, oriented, oriented_affine, place, plane_fov, resize_inplane,
                                    slice_axis, source_spacing, square_pad, window)
+from mrgen.curate.inverse import source_grid
 from mrgen.curate.manifest import CurateError, VolumeSpec
 
 __all__ = ["process", "normalise", "square_pad", "resize_inplane", "stored_values", "read_checked", "composite"]
@@ -218,7 +219,8 @@ def process(spec: VolumeSpec, grid: Grid, affine_tol: float, curated: Path, stag
         "grid_spacing": [float(sp[2]), placed["scale_mm"], placed["scale_mm"]],
         "geometry": {**geo.record(), **placed, **({"header_spacing": [float(s) for s in oriented(img.spacing, geo)]}
                                                     if spec.pixel_spacing else {})}, "orientation": img.orientation,
-        "reoriented": bool(img.reoriented), "image_hash": io.array_hash(stored),
+        "reoriented": bool(img.reoriented), "source_grid": source_grid(img.array.shape, img.affine, img.orientation),
+        "image_hash": io.array_hash(stored),
         "mask_hash_stored": "", "mask_values": [], "context_values": [], "label_counts": {}, "staged": staged,
     }
     # everything is checked and computed before the first byte of this volume is written

@@ -4,7 +4,7 @@
 * :func:`load_segmenter`, :func:`predict` (labels), :func:`predict_proba` (softmax).
 * :func:`run_train` — ``mrgen segment train``: trains on the nnU-Net export of the run.
 * :func:`run_predict` — ``mrgen segment predict``: the target-modality test split →
-  ``<workdir>/segment/<name>/pred/``.
+  ``<workdir>/segment/<name>/pred/``, each volume on its source file's grid and affine.
 
 For nnU-Net v2 on the same export (GPU machine), see docs/segment.md.
 """
@@ -18,10 +18,10 @@ import torch
 
 from mrgen import io
 from mrgen.segment.model import Segmenter, augment, pad_to
-from mrgen.segment.volumes import group_volumes, load_rows, predict_rows
+from mrgen.segment.volumes import group_volumes, load_rows, on_source_grid, predict_rows
 
 __all__ = ["train_segmenter", "load_segmenter", "predict", "predict_proba", "run_train", "run_predict", "Segmenter",
-           "augment", "group_volumes", "load_rows", "predict_rows"]
+           "augment", "group_volumes", "load_rows", "on_source_grid", "predict_rows"]
 
 KIND = "segmenter"
 
@@ -151,21 +151,46 @@ def _n_classes(workdir: Path, masks: list) -> int:
 
 
 def run_predict(cfg) -> dict:
-    """Predict the target-modality test split into ``<workdir>/segment/<name>/pred/`` (one NIfTI per volume)."""
+    """Predict the target-modality test split into ``<workdir>/segment/<name>/pred/``.
+
+    One NIfTI per volume, ``<volume key with / as __>.nii.gz``, on the source file's own voxel grid and affine
+    (:func:`mrgen.segment.volumes.on_source_grid`), with the label values of the user's mask files when
+    ``segment.original_labels`` (else the stored 1..N). ``predictions.json`` lists each file with its shape and affine."""
     from mrgen.curate.index import Index
+    from mrgen.curate.inverse import source_affine
+    from mrgen.curate.labels import original_values
     from mrgen.roles import assign
 
     folder = cfg.workdir / "segment" / cfg.segment.name
     model = load_segmenter(folder)
-    rows = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg).test
+    curated = cfg.workdir / "curated"
+    rows = assign(Index(curated / "index.parquet"), cfg).test
     if not rows:
         raise ValueError(f"no {cfg.run.target_modality} test rows with masks in the index")
+    volumes = _curate_records(curated)
+    values = original_values(curated) if cfg.segment.original_labels else None
     out = folder / "pred"
-    records = []
-    for vol in predict_rows(model, rows, cfg.workdir / "curated"):
+    records, groups = [], group_volumes(rows)
+    for vol in predict_rows(model, rows, curated):
+        rec = volumes.get(vol["key"])
+        if rec is None:
+            raise ValueError(f"{curated / 'curate.json'} has no record of volume {vol['key']}; the index and curate.json "
+                             f"disagree — re-run `mrgen curate -w {cfg.workdir}`")
+        arr, affine = on_source_grid(vol["pred"], groups[vol["key"]], rec, values), source_affine(rec)
         f = out / f"{vol['key'].replace('/', '__')}.nii.gz"
-        pred = vol["pred"].astype(np.uint8)
-        io.write_nifti(f, np.transpose(pred, (1, 2, 0)), spacing=(vol["spacing"][1], vol["spacing"][2], vol["spacing"][0]))
-        records.append({"volume": vol["key"], "file": f.name, "ids": vol["ids"], "shape_zxy": list(pred.shape)})
+        io.write_nifti(f, arr, affine=affine)
+        records.append({"volume": vol["key"], "file": f.name, "source": rec["source"], "ids": vol["ids"],
+                        "shape": list(arr.shape), "affine": affine.tolist(),
+                        "labels": "original" if values else "stored", "curated_shape": list(vol["pred"].shape)})
     io.write_json(out / "predictions.json", records)
-    return {"pred": str(out), "volumes": len(records), "items": sum(len(r["ids"]) for r in records)}
+    return {"pred": str(out), "volumes": len(records), "items": sum(len(r["ids"]) for r in records),
+            "grid": "source", "labels": "original" if values else "stored"}
+
+
+def _curate_records(curated: Path) -> dict:
+    """``{volume key: record}`` of ``curated/curate.json``: how each volume was cut, resampled and cropped."""
+    path = curated / "curate.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: predictions go back to the source files' grids through curate's "
+                                f"records; run `mrgen curate` for this run first")
+    return io.read_json(path).get("volumes", {})

@@ -4,6 +4,8 @@ Slice rows of one series (same ``image`` array) are stacked back in slice order,
 evaluates (3D Dice per volume); volume rows are used as they are (resampled to the shape the
 3D model was trained on). Arrays are ``(Z, X, Y)``; ``spacing`` is in mm in the same order,
 corrected for the curation's in-plane (and, in 3D, through-plane) resampling.
+
+:func:`on_source_grid` takes a volume's prediction back to its source file's voxels (and label values).
 """
 
 from __future__ import annotations
@@ -80,3 +82,35 @@ def predict_rows(model, rows: list[dict], root):
         else:
             pred = predict(model, img)
         yield {"key": key, "ids": [r["id"] for r in rs], "image": img, "gt": gt, "pred": pred, "spacing": sp}
+
+
+def _file_dtype(top: int):
+    """The smallest unsigned integer type that holds label values up to ``top`` (MM-WHS has 850)."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32) if top <= np.iinfo(t).max)
+
+
+def on_source_grid(pred: np.ndarray, rows: list[dict], record: dict, values: dict | None = None) -> np.ndarray:
+    """A volume's prediction (as :func:`predict_rows` yields it) -> the source file's voxel layout.
+
+    ``pred``: ``(Z, X, Y)`` labels, one slice per row of ``rows`` (2D) or a volume at the model's shape (3D,
+    resampled back to the stored shape by nearest neighbour); ``record``: the volume's ``curate.json`` entry
+    (:func:`mrgen.curate.inverse.to_source_grid`); ``values``: ``{stored: file value}``
+    (:func:`mrgen.curate.labels.original_values`) to write the values of the user's mask files, None for the
+    stored 1..N. Returns the file's ``(i, j, k)`` array, uint8 (uint16 when a value is above 255)."""
+    from mrgen.curate.dataset import resize_volume
+    from mrgen.curate.inverse import to_source_grid
+
+    stored = tuple(int(s) for s in record["shape"])
+    pred = np.asarray(pred)
+    if _is_slice(rows[0]):  # slices not predicted (not in rows) stay background
+        full = np.zeros(stored, np.int64)
+        full[[int(r["slice"]) for r in rows]] = pred
+    else:
+        full = resize_volume(pred.astype(np.int64), stored, order=0)
+    out = to_source_grid(full, record)
+    if values:
+        lut = np.arange(max(int(out.max()), *values) + 1, dtype=np.int64)  # values without a mapping stay as they are
+        for k, v in values.items():
+            lut[int(k)] = int(v)
+        out = lut[out]
+    return out.astype(_file_dtype(int(out.max()) if out.size else 0))
