@@ -108,9 +108,11 @@ def test_the_denoiser_carries_the_conditioning_scale(models):
 
 def test_text_only_and_errors(models):
     cfg, den, ctx, unc, cond = models
-    out = _run(cfg, den.unet, ctx[:1], unc, [1, 2], guidance=2.0)  # bare UNet = UNetDenoiser; (1, L, dim) broadcast
+    out = _run(cfg, nets.UNetDenoiser(den.unet), ctx[:1], unc, [1, 2], guidance=2.0)  # (1, L, dim) broadcast
     assert out.shape == latent_shape(cfg, 2)
-    assert torch.equal(out, _run(cfg, nets.UNetDenoiser(den.unet), ctx[:1], unc, [1, 2], guidance=2.0))
+    assert torch.allclose(out[1:], _run(cfg, nets.UNetDenoiser(den.unet), ctx[:1], unc, [2], guidance=2.0), atol=1e-4)
+    with pytest.raises(TypeError, match="UNetDenoiser"):  # a bare UNet is not a denoiser
+        _run(cfg, den.unet, ctx[:1], unc, [1, 2], guidance=2.0)
     with pytest.raises(ValueError, match="uncond_context"):
         _run(cfg, den, ctx, None, [1, 2, 3], guidance=2.0, cond=cond)
     with pytest.raises(ValueError, match="needs cond"):

@@ -133,7 +133,7 @@ def test_as_denoiser(latent):
     cfg, unet, ctrl = latent
     den = nets.ControlledUNet(unet, ctrl)
     assert nets.as_denoiser(den) is den
-    wrapped = nets.as_denoiser(unet)
-    assert isinstance(wrapped, nets.UNetDenoiser) and wrapped.unet is unet
+    with pytest.raises(TypeError, match="UNetDenoiser"):  # a bare UNet is wrapped by its caller, never guessed
+        nets.as_denoiser(unet)
     with pytest.raises(TypeError, match="ControlledUNet"):
         nets.as_denoiser(ctrl)  # a bare ControlNet says nothing about the UNet it steers
