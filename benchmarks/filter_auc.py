@@ -218,6 +218,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--upsample-to", type=int, default=None,
                     help="segment organs smaller than this on a finer grid (default: the method's own default)")
+    ap.add_argument("--max-items", type=int, default=0,
+                    help="score at most this many items per dataset, evenly spaced in its order (0 = all)")
     ap.add_argument("--thresholds", nargs=4, type=float, metavar=("ORGAN_IOU", "ORGAN_CONF", "MEAN_IOU", "MEAN_CONF"),
                     help="also report the share of aligned / misaligned pairs passing these thresholds")
     args = ap.parse_args(argv)
@@ -234,6 +236,8 @@ def main(argv=None):
         if not items:
             print(f"| {ds} | (absent) |", file=sys.stderr)
             continue
+        if args.max_items and len(items) > args.max_items:  # evenly spaced: every subject stays represented
+            items = [items[i] for i in np.linspace(0, len(items) - 1, args.max_items).round().astype(int)]
         pairs = make_pairs(items, args.seed)
         for method in args.methods:
             th = Thresholds(*args.thresholds) if args.thresholds else None

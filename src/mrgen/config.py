@@ -169,6 +169,13 @@ class FilterCfg:
     organ_conf: float = 0.8
     mean_iou: float = 0.8
     mean_conf: float = 0.9
+    # calibrated: the four thresholds above are replaced by quantiles of the scorer's own scores on the run's
+    # real annotated source pairs (docs/filter.md); absolute: the values above (MRGen's, the paper preset)
+    thresholds: str = "calibrated"
+    calibration_quantile: float = 0.25  # a candidate must score at least as well as this quantile of real pairs
+    calibration_items: int = 64  # real pairs scored (a seeded subset of the source items with labels)
+    # the stage stops (FilterStarved) when fewer masks than this keep a candidate (0 = accept any)
+    min_kept_fraction: float = 0.2
     keep: int = 2
     relax: float = 0.1
     relax_keep: int = 1
@@ -394,9 +401,24 @@ def validate(cfg: Config) -> None:
             f"controller.conditioning_channels needs {len(cfg.autoencoder.channels)} entries (one per autoencoder level, "
             f"so the mask is downsampled {factor}x to latent size), got {list(cfg.controller.conditioning_channels)}"
         )
+    _validate_filter(cfg.filter)
     for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
         if stage.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
+
+
+def _validate_filter(f: FilterCfg) -> None:
+    if f.thresholds not in ("calibrated", "absolute"):
+        raise ConfigError(f"filter.thresholds must be 'calibrated' (quantiles of real pairs' scores) or 'absolute' "
+                          f"(filter.organ_iou etc. as given), got '{f.thresholds}'")
+    if not 0.0 <= float(f.calibration_quantile) <= 1.0:
+        raise ConfigError(f"filter.calibration_quantile must be in [0, 1] (0.25 = the real pairs' lower quartile), "
+                          f"got {f.calibration_quantile}")
+    if int(f.calibration_items) < 1:
+        raise ConfigError(f"filter.calibration_items must be >= 1 real pairs to score, got {f.calibration_items}")
+    if not 0.0 <= float(f.min_kept_fraction) <= 1.0:
+        raise ConfigError(f"filter.min_kept_fraction must be in [0, 1] (0 = accept any number of kept masks), "
+                          f"got {f.min_kept_fraction}")
 
 
 def to_dict(cfg: Any) -> dict:

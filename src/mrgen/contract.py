@@ -87,7 +87,8 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
     out += [
         Stage("synthesize", ("sample", "controller.conditioning_scale") + LAYOUT + ROLES, tuple(renders),
               "synth/provenance.jsonl", "synth"),
-        Stage("filter", ("filter", "run.seed"), ("synthesize",), "filter/kept.json", "filter"),
+        # calibrated thresholds score the curated source pairs (mrgen.filter.calibrate) at the item shape
+        Stage("filter", ("filter", "run.seed") + ROLES + LAYOUT, ("synthesize", "curate"), "filter/kept.json", "filter"),
         Stage("export", ("export", "data.spatial_dims", "run.source_modality", "run.target_modality"), ("filter",),
               "nnunet", "nnunet"),
         Stage("segment", ("segment", "run.baselines") + LAYOUT + ROLES, ("filter",), "segment/summary.json", "segment"),

@@ -113,7 +113,8 @@ def test_filter_stage_writes_scores_kept_figure_and_resumes(tmp_path):
     from mrgen import filter as F
 
     _fake_synth(tmp_path)
-    cfg = C.load_config("tiny", overrides=[f"run.workdir={tmp_path}", "filter.keep=2", "filter.organ_iou=0.6",
+    cfg = C.load_config("tiny", overrides=[f"run.workdir={tmp_path}", "filter.thresholds=absolute", "filter.keep=2",
+                                           "filter.relax=0.1", "filter.organ_iou=0.6",
                                            "filter.organ_conf=0.6", "filter.mean_iou=0.7", "filter.mean_conf=0.7"])
     res = F.run(cfg)
     assert res["masks"] == 3 and res["candidates"] == 12 and res["resumed_masks"] == 0

@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 CONCAT = ("controller.mode=concat", "controller.pixel_channels=[8, 8]", "controller.pixel_attention=[false, true]")
-STRICT = ("filter.keep=1", "filter.relax=0.0", "filter.organ_iou=0.7", "filter.mean_iou=0.75")
+STRICT = ("filter.thresholds=absolute", "filter.keep=1", "filter.relax=0.0", "filter.organ_iou=0.7", "filter.mean_iou=0.75")
 T2 = (-0.8, -0.2, 0.7)  # the tiny index's T2 background, liver, spleen
 
 

@@ -4,23 +4,47 @@ Per mask: sort candidates by mean IoU (then mean confidence), look at the best `
 (MRGen: 5; 0 = all); a candidate *passes* when every organ has IoU ≥ ``organ_iou`` and
 confidence ≥ ``organ_conf`` and the means reach ``mean_iou`` / ``mean_conf``. With at least
 ``keep`` passing, keep the first ``keep``; otherwise lower all four thresholds by ``relax`` and
-keep the first ``relax_keep`` that pass; with none, the mask is dropped.
+keep the first ``relax_keep`` that pass; with none, the mask is dropped. Calibrated thresholds
+(:mod:`mrgen.filter.calibrate`) set ``organ_iou``/``organ_conf`` per label.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The four pass thresholds; ``labels`` (``{label str: (iou, conf)}``, calibrated runs) overrides
+    ``organ_iou``/``organ_conf`` for the labels it names."""
+
     organ_iou: float
     organ_conf: float
     mean_iou: float
     mean_conf: float
+    labels: dict = field(default_factory=dict)
+
+    def organ(self, label) -> tuple[float, float]:
+        """(iou, conf) thresholds of ``label``: its own when calibrated, else the organ-wide ones."""
+        return tuple(self.labels.get(str(label), (self.organ_iou, self.organ_conf)))
 
     def relaxed(self, by: float) -> "Thresholds":
-        return Thresholds(self.organ_iou - by, self.organ_conf - by, self.mean_iou - by, self.mean_conf - by)
+        return Thresholds(self.organ_iou - by, self.organ_conf - by, self.mean_iou - by, self.mean_conf - by,
+                          {k: (i - by, c - by) for k, (i, c) in self.labels.items()})
+
+    def as_dict(self) -> dict:
+        """JSON form (``kept.json``); ``labels`` only when there are per-label thresholds."""
+        d = {"organ_iou": self.organ_iou, "organ_conf": self.organ_conf, "mean_iou": self.mean_iou,
+             "mean_conf": self.mean_conf}
+        if self.labels:
+            d["labels"] = {k: {"iou": i, "conf": c} for k, (i, c) in sorted(self.labels.items())}
+        return d
+
+    def describe(self) -> str:
+        """One line for messages: ``organ iou/conf 0.60/0.70 (label 1: 0.71/0.85), mean 0.70/0.80``."""
+        per = ", ".join(f"label {k}: {i:.2f}/{c:.2f}" for k, (i, c) in sorted(self.labels.items()))
+        organ = f"per label iou/conf {per}" if per else f"organ iou/conf {self.organ_iou:.2f}/{self.organ_conf:.2f}"
+        return f"{organ}, mean iou/conf {self.mean_iou:.2f}/{self.mean_conf:.2f}"
 
     @classmethod
     def from_cfg(cls, fcfg) -> "Thresholds":
@@ -33,10 +57,11 @@ def failures(rec: dict, t: Thresholds) -> list[str]:
     if not rec.get("labels"):
         return ["no organ could be scored"]
     for lab, s in rec["labels"].items():
-        if s["iou"] < t.organ_iou:
-            why.append(f"label {lab} iou {s['iou']:.2f}<{t.organ_iou:.2f}")
-        if s["conf"] < t.organ_conf:
-            why.append(f"label {lab} conf {s['conf']:.2f}<{t.organ_conf:.2f}")
+        t_iou, t_conf = t.organ(lab)
+        if s["iou"] < t_iou:
+            why.append(f"label {lab} iou {s['iou']:.2f}<{t_iou:.2f}")
+        if s["conf"] < t_conf:
+            why.append(f"label {lab} conf {s['conf']:.2f}<{t_conf:.2f}")
     if rec["mean_iou"] < t.mean_iou:
         why.append(f"mean iou {rec['mean_iou']:.2f}<{t.mean_iou:.2f}")
     if rec["mean_conf"] < t.mean_conf:

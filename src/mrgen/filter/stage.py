@@ -3,11 +3,17 @@
 Reads ``<workdir>/synth/candidates/<key>.npz``; writes ``<workdir>/filter/``:
 
 * ``parts/<key>.json`` — the scores of one mask's candidates (the resume cache: a key whose
-  part exists for the same scorer is not scored again);
+  part exists for the same scorer and candidate file is not scored again; parts in a
+  ``filter.stale-*`` folder the pipeline moved aside are reused too when the file hash matches);
+* ``calibration.json`` — ``filter.thresholds=calibrated``: the real source pairs' scores, their
+  distribution and the thresholds derived from it (:mod:`mrgen.filter.calibrate`);
 * ``scores.jsonl`` — one record per candidate: ``key, mask_id, candidate, seed, labels
   {label: {iou, conf}}, mean_iou, mean_conf, kept, reason``;
-* ``kept.json`` — ``{"scorer", "thresholds", "kept": [{key, candidate, mask_id, seed, mean_iou,
-  mean_conf, relaxed, file}], "dropped": [{key, mask_id, reason}], "summary": {...}}``;
+* ``kept.json`` — ``{"scorer", "thresholds", "calibration", "kept": [{key, candidate, mask_id, seed,
+  mean_iou, mean_conf, relaxed, file}], "dropped": [{key, mask_id, reason}], "summary": {...}}``;
+  written only when at least ``filter.min_kept_fraction`` of the masks keep a candidate; below
+  that the stage raises :class:`FilterStarved`, writes the would-be selection to ``starved.json``
+  and removes an older ``kept.json``, so no later stage trains on a handful of pairs unawares;
 * ``kept_vs_rejected.png`` — a few masks: kept and rejected candidates with mask contours.
 
 Selection is recomputed from the cached scores on every run, so changing thresholds is cheap.
@@ -32,6 +38,11 @@ from mrgen.filter.scorers import build_scorer, score_any
 from mrgen.filter.select import Thresholds, select_mask
 
 FILTER = "filter"
+STARVED = "starved.json"
+
+
+class FilterStarved(ValueError):
+    """Too few masks kept a candidate (below ``filter.min_kept_fraction``); the message says what to change."""
 
 
 def scorer_id(cfg) -> str:
@@ -68,6 +79,30 @@ def score_candidates(scorer, images: np.ndarray, mask: np.ndarray, key: str, met
     return recs
 
 
+def cache_folders(workdir: Path) -> list[Path]:
+    """The filter folder, then the ``filter.stale-*`` folders the pipeline moved aside (newest first):
+    where scores of the same pixels by the same scorer may already be."""
+    stale = sorted(Path(workdir).glob(f"{FILTER}.stale-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [Path(workdir) / FILTER] + [p for p in stale if p.is_dir()]
+
+
+def _cached_part(folders: list[Path], key: str, sid: str, digest: str) -> tuple[list | None, bool]:
+    """(records, found in the current folder as they are) of candidate file ``key``: in the current folder a part
+    from the same scorer (and file, when the part records it); in a moved-aside folder only one that records the
+    same file hash. (None, False) when it must be scored."""
+    for i, folder in enumerate(folders):
+        part = folder / "parts" / f"{key}.json"
+        try:
+            cached = io.read_json(part) if part.exists() else None
+        except ValueError:  # a corrupt part is re-scored
+            cached = None
+        if not cached or cached.get("scorer") != sid:
+            continue
+        if cached.get("file_hash", None if i else digest) == digest:  # parts before file_hash: trusted in place
+            return cached["records"], i == 0 and "file_hash" in cached
+    return None, False
+
+
 def run(cfg) -> dict:
     from rich.progress import Progress
 
@@ -82,31 +117,43 @@ def run(cfg) -> dict:
     out = wd / FILTER
     parts = out / "parts"
     sid = scorer_id(cfg)
+    folders = cache_folders(wd)
     scorer = None
+
+    def score_one(images, mask, key, meta=None) -> list:
+        nonlocal scorer
+        scorer = scorer or build_scorer(cfg)  # built only when something is not cached
+        return score_candidates(scorer, images, scored_mask(scorer, mask, context), key, meta)
+
+    calibration = None
+    if cfg.filter.thresholds == "calibrated":
+        from mrgen.filter.calibrate import calibrate
+
+        t, calibration = calibrate(cfg, lambda img, m, key: score_one([img], m, key)[0], sid, out, folders)
+    else:
+        t = Thresholds.from_cfg(cfg.filter)
     all_recs: dict[str, list] = {}
     resumed = 0
     with Progress(transient=True) as bar:
         task = bar.add_task(f"filter ({sid})", total=len(files))
         for f in files:
-            key = f.stem
-            part = parts / f"{key}.json"
-            cached = io.read_json(part) if part.exists() else None
-            if cached and cached.get("scorer") == sid:
-                all_recs[key] = cached["records"]
+            key, digest = f.stem, io.file_hash(f)
+            recs, in_place = _cached_part(folders, key, sid, digest)
+            if recs is not None:
                 resumed += 1
             else:
-                scorer = scorer or build_scorer(cfg)
                 c = load_candidates(f)
-                recs = score_candidates(scorer, c["images"], scored_mask(scorer, c["mask"], context), key, c.get("meta"))
-                io.write_json(part, {"scorer": sid, "records": recs})
-                all_recs[key] = recs
+                recs = score_one(c["images"], c["mask"], key, c.get("meta"))
+            if not in_place:
+                io.write_json(parts / f"{key}.json", {"scorer": sid, "file_hash": digest, "records": recs})
+            all_recs[key] = recs
             bar.advance(task)
-    return _select_and_write(cfg, all_recs, sid, files, resumed)
+    return _select_and_write(cfg, all_recs, sid, files, resumed, t, calibration)
 
 
-def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int) -> dict:
+def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, t: Thresholds,
+                      calibration: dict | None) -> dict:
     f = cfg.filter
-    t = Thresholds.from_cfg(f)
     out = cfg.workdir / FILTER
     kept, dropped, outcomes = [], [], {"kept": 0, "relaxed": 0, "dropped": 0}
     lines = []
@@ -125,14 +172,24 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int) 
     with io.atomic_path(out / "scores.jsonl") as tmp:
         tmp.write_text("".join(ln + "\n" for ln in lines))
     secs = [r["sec"] for recs in all_recs.values() for r in recs if "sec" in r]
+    masks_with = outcomes["kept"] + outcomes["relaxed"]
     summary = {"masks": len(all_recs), "masks_kept": outcomes["kept"], "masks_relaxed": outcomes["relaxed"],
-               "masks_dropped": outcomes["dropped"], "candidates": len(lines), "kept": len(kept), "resumed_masks": resumed,
+               "masks_dropped": outcomes["dropped"], "kept_fraction": round(masks_with / max(1, len(all_recs)), 4),
+               "candidates": len(lines), "kept": len(kept), "resumed_masks": resumed,
                "sec_per_candidate": round(float(np.mean(secs)), 4) if secs else None}
-    io.write_json(out / "kept.json", {
-        "schema": 1, "scorer": sid, "thresholds": t.__dict__,
-        "selection": {"keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep, "top": f.top},
-        "kept": kept, "dropped": dropped, "summary": summary,
-    })
+    if calibration:
+        summary["calibration_scored_now"] = calibration["scored_now"]
+    report = {"schema": 1, "scorer": sid, "thresholds": t.as_dict(), "threshold_mode": f.thresholds,
+              "calibration": calibration,
+              "selection": {"keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep, "top": f.top,
+                            "min_kept_fraction": f.min_kept_fraction},
+              "kept": kept, "dropped": dropped, "summary": summary}
+    if summary["kept_fraction"] < f.min_kept_fraction:
+        io.write_json(out / STARVED, report)
+        (out / "kept.json").unlink(missing_ok=True)  # a selection of other settings must not reach export
+        raise FilterStarved(starved_message(cfg, summary, t, calibration, len(lines)))
+    (out / STARVED).unlink(missing_ok=True)
+    io.write_json(out / "kept.json", report)
     fig = None
     if f.figure_masks > 0:
         try:
@@ -141,6 +198,27 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int) 
             summary["figure_error"] = f"{type(exc).__name__}: {exc}"
     summary["figure"] = str(fig) if fig else ""
     return summary
+
+
+def starved_message(cfg, summary: dict, t: Thresholds, calibration: dict | None, candidates: int) -> str:
+    """One paragraph: how many masks kept a candidate, under which thresholds, and what to change."""
+    f, wd = cfg.filter, cfg.workdir
+    n, k = summary["masks"], summary["masks_kept"] + summary["masks_relaxed"]
+    if calibration:
+        how = (f"calibrated: quantile {calibration['quantile']} of {calibration['items']} real "
+               f"{calibration['modality']} pairs' scores")
+        change = (f"lower filter.calibration_quantile (now {f.calibration_quantile}, e.g. "
+                  f"{round(f.calibration_quantile / 2, 3)})")
+    else:
+        how = "absolute: filter.organ_iou / organ_conf / mean_iou / mean_conf"
+        change = "set filter.thresholds=calibrated (quantiles of the scorer's scores on real pairs)"
+    return (f"the filter kept a candidate for {k} of {n} masks ({100 * k / max(1, n):.1f} %), below "
+            f"filter.min_kept_fraction={f.min_kept_fraction}; training a segmenter on so few pairs would be silently "
+            f"poor. Thresholds ({how}): {t.describe()}, relaxed by {f.relax} for a second chance. To change: {change}; "
+            f"or raise filter.relax (now {f.relax}); or render more candidates per mask (sample.candidates, now "
+            f"{round(candidates / max(1, n))}); or accept so few with filter.min_kept_fraction=0. The scores are kept "
+            f"({wd / FILTER / 'scores.jsonl'}, the would-be selection in {wd / FILTER / STARVED}): a rerun with other "
+            f"thresholds does not score again.")
 
 
 def figure(workdir: Path, all_recs: dict, files: list, n_masks: int = 4, n_rej: int = 3) -> Path | None:
