@@ -168,8 +168,9 @@ def test_parts_moved_aside_by_the_pipeline_are_reused_only_for_the_same_file(tin
 
 def test_presets_calibrate_but_the_paper_keeps_mrgens_thresholds():
     assert C.FilterCfg().thresholds == "calibrated"
-    for preset in ("cpu", "cpu3d", "tiny"):
-        assert C.load_config(preset).filter.thresholds == "calibrated", preset
+    assert C.load_config("tiny").filter.thresholds == "calibrated"
+    for preset in ("cpu", "cpu3d"):  # calibrated thresholds starved the phantom demo (6 of 48 masks): measured values
+        assert C.load_config(preset).filter.thresholds == "absolute", preset
     paper = C.load_config("paper").filter
     assert paper.thresholds == "absolute" and (paper.organ_iou, paper.organ_conf, paper.mean_iou, paper.mean_conf) == (
         0.7, 0.8, 0.8, 0.9)
