@@ -240,3 +240,13 @@ def test_fingerprint_config_is_the_declared_reads_without_step_counts():
     assert "ldm.train.steps" not in fp and "ldm.train.log_every" not in fp and "run.workdir" not in fp
     assert "controller.conditioning_scale" not in contract.config_of(cfg, "controller")
     assert "autoencoder.channels" not in fp  # the autoencoder reaches the LDM through its weights' hash
+
+
+def test_a_schema_1_run_folder_is_moved_aside_not_reused(stub_run):
+    cfg, go = stub_run
+    import json
+
+    old = {s.name: "0123456789ab" for s in contract.stages(cfg)}
+    (cfg.workdir / "stages.json").write_text(json.dumps(old))
+    assert go(cfg) == [s.name for s in contract.stages(cfg)]
+    assert (cfg.workdir / "synth.stale-schema1-0123456789ab").is_dir()

@@ -41,9 +41,11 @@ def read_stages(workdir) -> dict:
     if not path.exists():
         return {}
     raw = io.read_json(path)
-    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        return {}  # schema 1 ({stage: stamp}) stamped other inputs: every stage counts as changed
-    return dict(raw.get("stages", {}))
+    if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
+        return dict(raw.get("stages", {}))
+    # schema 1 ({stage: stamp}) stamped other inputs: every recorded stage counts as changed, so its
+    # folder is moved aside (not reused by a stage that skips finished items, such as synthesize)
+    return {k: {"stamp": None, "identity": f"schema1-{v}"} for k, v in (raw or {}).items() if isinstance(v, str)}
 
 
 def _write_stages(workdir, done: dict) -> None:
