@@ -174,6 +174,8 @@ class FilterCfg:
     thresholds: str = "calibrated"
     calibration_quantile: float = 0.25  # a candidate must score at least as well as this quantile of real pairs
     calibration_items: int = 64  # real pairs scored (a seeded subset of the source items with labels)
+    # calibrated second chance: no higher than this quantile of the real pairs' scores with a displaced mask
+    misaligned_quantile: float = 0.9
     # the stage stops (FilterStarved) when fewer masks than this keep a candidate (0 = accept any)
     min_kept_fraction: float = 0.2
     keep: int = 2
@@ -414,6 +416,9 @@ def _validate_filter(f: FilterCfg) -> None:
     if not 0.0 <= float(f.calibration_quantile) <= 1.0:
         raise ConfigError(f"filter.calibration_quantile must be in [0, 1] (0.25 = the real pairs' lower quartile), "
                           f"got {f.calibration_quantile}")
+    if not 0.0 <= float(f.misaligned_quantile) <= 1.0:
+        raise ConfigError(f"filter.misaligned_quantile must be in [0, 1] (0.9: a second-chance candidate must beat 90 % "
+                          f"of real pairs scored with a displaced mask), got {f.misaligned_quantile}")
     if int(f.calibration_items) < 1:
         raise ConfigError(f"filter.calibration_items must be >= 1 real pairs to score, got {f.calibration_items}")
     if not 0.0 <= float(f.min_kept_fraction) <= 1.0:

@@ -116,3 +116,36 @@ def test_intensity_augmentation_changes_contrast_only():
     assert all(o.shape == img.shape and -1 <= o.min() <= o.max() <= 1 for o in outs)
     corr = [np.corrcoef(o.ravel(), img.ravel())[0, 1] for o in outs]
     assert min(corr) < 0.5 and max(corr) > 0.5  # strong changes, including inversions, but structure kept in some
+
+
+def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so(monkeypatch):
+    """bench: FilterStarved in the mrgen method -> the unfiltered candidates (as mrgen_nofilter), with a note."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mrgen.bench import engine as E
+    from mrgen.filter import FilterStarved
+    import mrgen.pairs as P
+
+    def starve(ctx, variant):
+        raise FilterStarved("the filter kept a candidate for 3 of 40 masks (7.5 %); training a segmenter on so few")
+
+    cfg = SimpleNamespace(workdir="/nowhere/engine", filter=SimpleNamespace(keep=2))
+    monkeypatch.setattr(E, "prepare", starve)
+    monkeypatch.setattr(E, "variant_config", lambda ctx, variant: cfg)
+    picked = {}
+
+    def fake_random(workdir, keep, rng):
+        picked.update(workdir=workdir, keep=keep)
+        return [np.zeros((4, 4), np.float32)], [np.zeros((4, 4), np.int64)]
+
+    monkeypatch.setattr(P, "random_candidates", fake_random)
+    monkeypatch.setattr(P, "kept_arrays", lambda wd: pytest.fail("read the starved filter's kept set"))
+    logs: list = []
+    ctx = SimpleNamespace(params={}, compute={}, log=logs.append, rng=lambda name: np.random.default_rng(0))
+    images, masks = E.engine_pairs(ctx, "mrgen")
+    assert len(images) == 1 and picked == {"workdir": "/nowhere/engine", "keep": 2}
+    note = ctx.compute["filter_fallback"]
+    assert note.startswith("FILTER STARVED") and "3 of 40 masks" in note and "unfiltered" in note
+    assert any("starved" in str(m) for m in logs)

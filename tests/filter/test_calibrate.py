@@ -30,20 +30,44 @@ KNOWN = [
 HAND_Q25 = Thresholds(0.3, 0.65, 0.25, 0.625, {"1": (0.3, 0.65), "2": (0.35, 0.65)})
 
 
+# the same five pairs with their mask displaced (the second chance's reference), in call order
+KNOWN_MOVED = [
+    ({"1": (0.1, 0.9), "2": (0.1, 0.4)}, 0.1, 0.65),
+    ({"1": (0.2, 0.8), "2": (0.3, 0.6)}, 0.25, 0.7),
+    ({"1": (0.1, 0.7), "2": (0.0, 0.5)}, 0.05, 0.6),
+    ({"1": (0.0, 0.6), "2": (0.2, 0.3)}, 0.1, 0.45),
+    ({"1": (0.05, 0.5)}, 0.05, 0.5),
+]
+# by hand at 0.9 (pos 0.9 * (n - 1)): label 1 iou [0 .05 .1 .1 .2] -> .16, conf [.5 .6 .7 .8 .9] -> .86;
+#   label 2 iou [0 .1 .2 .3] -> .27, conf [.3 .4 .5 .6] -> .57; pooled iou (9) -> .22, conf -> .82;
+#   means iou [.05 .05 .1 .1 .25] -> .19, conf [.45 .5 .6 .65 .7] -> .68.
+# second chance = min(HAND_Q25 - 0.1, those): label 1 (.16, .55), label 2 (.25, .55), organ (.2, .55), means (.15, .525)
+HAND_SECOND = Thresholds(0.2, 0.55, 0.15, 0.525, {"1": (0.16, 0.55), "2": (0.25, 0.55)})
+
+
 def _known_scorer(calls: list):
     def score(img, mask, key):
-        labels, mi, mc = KNOWN[len(calls)]
+        moved = key.endswith("~displaced")
+        table = KNOWN_MOVED if moved else KNOWN
+        labels, mi, mc = table[sum(1 for k in calls if k.endswith("~displaced") == moved)]
         calls.append(key)
         return {"labels": {k: {"iou": i, "conf": c} for k, (i, c) in labels.items()}, "mean_iou": mi, "mean_conf": mc}
     return score
 
 
 def test_calibrated_thresholds_are_the_hand_computed_quantiles_and_cached(tiny_index, tiny_config):
-    cfg = tiny_config(tiny_index, "filter.calibration_items=5", "filter.calibration_quantile=0.25")
+    cfg = tiny_config(tiny_index, "filter.calibration_items=5", "filter.calibration_quantile=0.25", "filter.relax=0.1",
+                      "filter.misaligned_quantile=0.9")
     calls: list = []
     out = tiny_index / "filter"
     t, cal = calibrate(cfg, _known_scorer(calls), "fake", out, [out])
-    assert len(calls) == 5 and len(set(calls)) == 5
+    assert len(calls) == 10 and len(set(calls)) == 10  # each real pair aligned and displaced
+    second = t.relaxed(0.1)  # the second chance is the calibrated one, not t - 0.1
+    for lab in ("1", "2"):
+        assert second.labels[lab] == pytest.approx(HAND_SECOND.labels[lab], abs=1e-9)
+    assert (second.organ_iou, second.organ_conf, second.mean_iou, second.mean_conf) == pytest.approx(
+        (0.2, 0.55, 0.15, 0.525), abs=1e-9)
+    assert cal["displaced_distribution"]["labels"]["1"]["iou"]["q90"] == 0.16
     assert set(t.labels) == {"1", "2"}
     for lab in ("1", "2"):
         assert t.labels[lab] == pytest.approx(HAND_Q25.labels[lab], abs=1e-9)
@@ -52,14 +76,33 @@ def test_calibrated_thresholds_are_the_hand_computed_quantiles_and_cached(tiny_i
     assert dist["labels"]["1"]["n"] == 5 and dist["labels"]["2"]["n"] == 4 and dist["mean"]["n"] == 5
     assert dist["labels"]["1"]["iou"]["q50"] == 0.5 and dist["labels"]["2"]["iou"]["min"] == 0.2
     saved = json.loads((out / "calibration.json").read_text())
-    assert saved["thresholds"]["labels"]["2"] == {"iou": 0.35, "conf": 0.65} and len(saved["scores"]) == 5
-    assert cal["seed"] == cfg.run.seed and cal["items"] == 5 and cal["scored_now"] == 5
+    assert saved["thresholds"]["labels"]["2"] == {"iou": 0.35, "conf": 0.65} and len(saved["scores"]) == 10
+    assert saved["thresholds"]["second_chance"]["labels"]["1"]["iou"] == pytest.approx(0.16)
+    assert cal["seed"] == cfg.run.seed and cal["items"] == 5 and cal["scored_now"] == 10
 
     # a rerun at another quantile scores nothing again: the median of the cached scores
     cfg2 = tiny_config(tiny_index, "filter.calibration_items=5", "filter.calibration_quantile=0.5")
     t2, cal2 = calibrate(cfg2, lambda *a: pytest.fail("rescored a cached real pair"), "fake", out, [out])
     assert cal2["scored_now"] == 0
     assert t2.labels["1"] == pytest.approx((0.5, 0.75)) and t2.labels["2"] == pytest.approx((0.5, 0.8))
+
+
+def test_displaced_mask_moves_an_eighth_of_the_image_in_a_seeded_direction():
+    from mrgen.filter.calibrate import displaced
+
+    m = np.zeros((32, 32), np.int64)
+    m[12:20, 12:20] = 1
+    m[14:16, 14:16] = 2
+    shifts = set()
+    for seed in range(16):
+        d = displaced(m, seed)
+        assert d.dtype == m.dtype and sorted(np.unique(d)) == [0, 1, 2] and (d == 2).sum() == 4
+        ys, xs = np.nonzero(d == 1)
+        shifts.add((int(ys.min()) - 12, int(xs.min()) - 12))
+        assert np.array_equal(d, displaced(m, seed))
+    assert all(a * a + b * b in (16, 18) for a, b in shifts) and len(shifts) >= 6  # 4 px = 32 / 8 (diagonals 3, 3)
+    v = displaced(np.stack([m, m]), 3)  # a volume moves in-plane only
+    assert np.array_equal(v[0], v[1]) and np.array_equal(v[0], displaced(m, 3))
 
 
 def test_calibration_subset_is_seeded_and_only_labelled_rows():

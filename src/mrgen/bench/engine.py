@@ -107,8 +107,17 @@ def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
     bad = set(ctx.params) - {"budget_cpu_min"}
     if bad:
         raise ValueError(f"{variant}: unknown parameter(s) {sorted(bad)}; set engine settings in the benchmark's 'engine:' section")
-    cfg = prepare(ctx, variant)
-    if variant == "mrgen_nofilter":
+    from mrgen.filter import FilterStarved
+
+    try:
+        cfg = prepare(ctx, variant)
+        starved = None
+    except FilterStarved as exc:  # explicit fallback, in the report's notes: never a handful of pairs unsaid
+        cfg, starved = variant_config(ctx, variant), str(exc)
+        ctx.compute["filter_fallback"] = ("FILTER STARVED, trained on unfiltered candidates (as mrgen_nofilter): "
+                                          + starved.split("; training")[0])
+        ctx.log(f"[bold red]{variant}: the filter starved; falling back to unfiltered candidates[/]: {starved}")
+    if variant == "mrgen_nofilter" or starved:
         images, masks = random_candidates(cfg.workdir, cfg.filter.keep, ctx.rng("mrgen_nofilter"))
     else:
         images, masks = kept_arrays(cfg.workdir)

@@ -23,12 +23,17 @@ class Thresholds:
     mean_iou: float
     mean_conf: float
     labels: dict = field(default_factory=dict)
+    # calibrated runs: the second chance's thresholds, computed at calibration (lower than these by at least
+    # ``filter.relax``, and no higher than what real pairs with a displaced mask reach); None = these - relax
+    second: "Thresholds | None" = None
 
     def organ(self, label) -> tuple[float, float]:
         """(iou, conf) thresholds of ``label``: its own when calibrated, else the organ-wide ones."""
         return tuple(self.labels.get(str(label), (self.organ_iou, self.organ_conf)))
 
     def relaxed(self, by: float) -> "Thresholds":
+        if self.second is not None:
+            return self.second
         return Thresholds(self.organ_iou - by, self.organ_conf - by, self.mean_iou - by, self.mean_conf - by,
                           {k: (i - by, c - by) for k, (i, c) in self.labels.items()})
 
@@ -38,6 +43,8 @@ class Thresholds:
              "mean_conf": self.mean_conf}
         if self.labels:
             d["labels"] = {k: {"iou": i, "conf": c} for k, (i, c) in sorted(self.labels.items())}
+        if self.second is not None:
+            d["second_chance"] = self.second.as_dict()
         return d
 
     def describe(self) -> str:
