@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 
+# samplers of `sample.solver` (mrgen.diffusion.solvers): DDIM, DPM-Solver++(2M), UniPC-bh2 (order 2)
+SOLVERS = ("ddim", "dpmpp2m", "unipc")
+
+
 class ConfigError(ValueError):
     """A config value, key or preset is wrong; the message says how to fix it."""
 
@@ -147,9 +151,11 @@ class LabelGenCfg:
 @dataclass
 class SampleCfg:
     masks: tuple = ("source",)  # label maps to render: source (annotated source masks) | generated | morphed
-    ddim_steps: int = 50
+    solver: str = "ddim"  # ddim | dpmpp2m (DPM-Solver++(2M)) | unipc (UniPC-bh2, order 2); docs/render.md
+    ddim_steps: int = 50  # sampling steps of every solver (network evaluations per sample, x2 with guidance)
     guidance: float = 7.0
-    eta: float = 0.0
+    eta: float = 0.0  # DDIM's η (solver=ddim only; the multistep solvers are deterministic)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the denoiser's evaluations; docs/performance.md)
     candidates: int = 20  # per source mask
     batch_size: int = 20
     max_masks: int = 0  # 0 = all source masks with organs
@@ -404,9 +410,24 @@ def validate(cfg: Config) -> None:
             f"so the mask is downsampled {factor}x to latent size), got {list(cfg.controller.conditioning_channels)}"
         )
     _validate_filter(cfg.filter)
+    _validate_sample(cfg.sample)
     for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
         if stage.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
+
+
+def _validate_sample(s: SampleCfg) -> None:
+    if s.solver not in SOLVERS:
+        raise ConfigError(f"sample.solver must be one of {', '.join(SOLVERS)}, got '{s.solver}'")
+    if s.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"sample.precision must be 'fp32' or 'bf16' (autocast of the denoiser), got '{s.precision}'")
+    if int(s.ddim_steps) < 1:
+        raise ConfigError(f"sample.ddim_steps must be >= 1 sampling step, got {s.ddim_steps}")
+    if not float(s.eta) >= 0:
+        raise ConfigError(f"sample.eta must be >= 0 (0 = deterministic DDIM), got {s.eta}")
+    if float(s.eta) > 0 and s.solver != "ddim":
+        raise ConfigError(f"sample.eta={s.eta} is DDIM's noise; sample.solver={s.solver} is a deterministic ODE solver: "
+                          "set sample.eta=0 or sample.solver=ddim")
 
 
 def _validate_filter(f: FilterCfg) -> None:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mrgen import nets
-from mrgen.diffusion import decode, make_ddim, sample
+from mrgen.diffusion import decode, make_ddim, make_solver, sample
 from mrgen.nets.builders import latent_shape
 
 DIM = 16
@@ -21,8 +21,8 @@ def models(make_cfg, spatial_dims, rand):
     return cfg, nets.ControlledUNet(unet, ctrl), ctx, unc, cond
 
 
-def _run(cfg, den, ctx, unc, seeds, **kw):
-    return sample(den, make_ddim(cfg.diffusion, 3), ctx, unc, latent_shape(cfg, len(seeds)), seeds, **kw)
+def _run(cfg, den, ctx, unc, seeds, solver="ddim", steps=3, **kw):
+    return sample(den, make_solver(cfg.diffusion, steps, solver), ctx, unc, latent_shape(cfg, len(seeds)), seeds, **kw)
 
 
 def test_shapes_and_determinism(models):
@@ -35,11 +35,11 @@ def test_shapes_and_determinism(models):
     assert not torch.allclose(a[0], c[0]) and torch.allclose(a[1:], c[1:], atol=1e-4)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_sample_independent_of_batch(models, eta):
+@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 0.5), ("dpmpp2m", 0.0), ("unipc", 0.0)])
+def test_sample_independent_of_batch(models, solver, eta):
     cfg, den, ctx, unc, cond = models
-    batch = _run(cfg, den, ctx, unc, [11, 12, 13], guidance=3.0, cond=cond, eta=eta)
-    alone = _run(cfg, den, ctx[1:2], unc, [12], guidance=3.0, cond=cond[1:2], eta=eta)
+    batch = _run(cfg, den, ctx, unc, [11, 12, 13], solver, 4, guidance=3.0, cond=cond, eta=eta)
+    alone = _run(cfg, den, ctx[1:2], unc, [12], solver, 4, guidance=3.0, cond=cond[1:2], eta=eta)
     torch.testing.assert_close(batch[1:2], alone, atol=1e-4, rtol=1e-4)  # batch-size kernel differences only
     if eta > 0:  # the η noise is live and also seeded
         det = _run(cfg, den, ctx[1:2], unc, [12], guidance=3.0, cond=cond[1:2], eta=0.0)

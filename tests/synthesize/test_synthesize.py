@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mrgen import autoencoder, controller, curate, ldm, phantom
 from mrgen import synthesize as sample
@@ -38,6 +39,23 @@ def test_candidates_have_provenance_and_regenerate(trained):
     other = {**r, "sampler": {**r["sampler"], "conditioning_scale": 0.5}}  # the renderer's scale is 1.0 (cfg)
     with pytest.raises(ValueError, match="conditioning_scale=0.5"):
         sample.regenerate(cfg, other)
+
+
+def test_provenance_records_the_solver_and_regenerate_uses_it(trained):
+    cfg = trained
+    sample.run(cfg)
+    r = json.loads((cfg.workdir / "synth" / "provenance.jsonl").read_text().splitlines()[0])
+    assert r["sampler"]["solver"] == "ddim" and r["sampler"]["precision"] == "fp32"
+    stored = sample.load_candidates(cfg.workdir / "synth" / r["file"])["images"][r["candidate"]]
+    old = {**r, "sampler": {k: v for k, v in r["sampler"].items() if k not in ("solver", "precision")}}
+    np.testing.assert_allclose(sample.regenerate(cfg, old), stored, atol=2e-3)  # records before solvers: DDIM fp32
+    uni = sample.regenerate(cfg, {**r, "sampler": {**r["sampler"], "solver": "unipc"}})
+    assert np.abs(uni - sample.regenerate(cfg, r)).max() > 1e-4  # another solver, another image: the renderer's UniPC one
+    gen = controller.load_generator(cfg.workdir, cfg)
+    s = r["sampler"]
+    want = gen.generate(torch.from_numpy(sample.find_item(cfg, r["mask_id"])["load"]())[None], [r["prompt"]], [r["seed"]],
+                        guidance=s["guidance"], steps=s["ddim_steps"], solver="unipc")
+    np.testing.assert_allclose(uni, want[0, 0].numpy(), atol=1e-5)
 
 
 def test_rerun_resumes_and_shards_partition(trained):

@@ -7,7 +7,7 @@
   samples images directly, nothing to decode, no conditioning scale.
 
 Both share :class:`Renderer` (prompt encoding with the empty prompt for guidance, mask checks,
-the provenance ``hashes``) and ``generate(masks, prompts, seeds, guidance, steps, eta)``.
+the provenance ``hashes``) and ``generate(masks, prompts, seeds, guidance, steps, eta, solver, precision)``.
 """
 
 from __future__ import annotations
@@ -54,12 +54,13 @@ class Renderer:
 
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, prompts: list[str], seeds: list[int], guidance: float = 7.0,
-                 steps: int = 50, eta: float = 0.0) -> torch.Tensor:
+                 steps: int = 50, eta: float = 0.0, solver: str = "ddim", precision: str = "fp32") -> torch.Tensor:
         """Label maps ``(N, *S)`` (``S`` = the item shape, e.g. ``(H, W)``) + prompts + seeds ->
         images ``(N, 1, *S)`` float32 in [-1, 1] on the CPU. Sample ``i`` depends only on its own
-        mask, prompt and seed (DDIM with ``steps`` steps and η = ``eta``, classifier-free guidance
-        ``guidance`` with the empty prompt)."""
-        from mrgen.diffusion import make_ddim, sample
+        mask, prompt and seed (``solver`` (``sample.solver``: ddim, dpmpp2m, unipc) with ``steps``
+        steps, DDIM's η = ``eta``, classifier-free guidance ``guidance`` with the empty prompt,
+        the denoiser in ``precision``)."""
+        from mrgen.diffusion import make_solver, sample
         from mrgen.nets import encode_mask
 
         n = len(seeds)
@@ -72,8 +73,8 @@ class Renderer:
         cond = encode_mask(masks.long(), self.cfg.controller.mask_encoding, self.n_labels).to(dev)
         ctx = self.text.encode(list(prompts), device=dev).float()
         unc = self.text.encode([EMPTY_PROMPT], device=dev).float()
-        x = sample(self.denoiser, make_ddim(self.cfg.diffusion, steps), ctx, unc, self.noise_shape(n, spatial), list(seeds),
-                   guidance, cond=cond, eta=eta)
+        x = sample(self.denoiser, make_solver(self.cfg.diffusion, steps, solver), ctx, unc, self.noise_shape(n, spatial),
+                   list(seeds), guidance, cond=cond, eta=eta, precision=precision)
         return self.to_images(x).float().clamp(-1, 1).cpu()
 
 

@@ -1,6 +1,11 @@
-"""THE denoising loop (DDIM + classifier-free guidance + optional mask condition).
+"""THE denoising loop (DDIM or a multistep solver + classifier-free guidance + optional mask condition).
 
 Written once; training previews, ``mrgen synthesize`` and the tests all call :func:`sample`.
+The ``scheduler`` is DDIM (:func:`mrgen.diffusion.make_ddim`) or DPM-Solver++(2M) / UniPC on the
+same timesteps (:func:`mrgen.diffusion.make_solver`, ``sample.solver``); the loop is the same.
+
+Precision: ``precision="bf16"`` runs each denoiser evaluation under ``torch.autocast`` (bfloat16);
+ε is cast back to float32 before guidance, and the solver's update runs in float32 either way.
 
 Reproducibility: sample ``i`` draws its initial noise (and, for η > 0, its per-step noise)
 from its own ``torch.Generator`` seeded with ``seeds[i]``; initial noise is drawn on the CPU and
@@ -27,6 +32,7 @@ an extra, uncalibrated ``conditioning_scale``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -69,8 +75,9 @@ def sample(
     guidance: float = 7.0,
     cond: torch.Tensor | None = None,
     eta: float = 0.0,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Run the DDIM chain of ``scheduler`` (``set_timesteps`` already called, e.g. ``make_ddim``).
+    """Run the chain of ``scheduler`` (``make_ddim`` or ``make_solver``: timesteps already set).
 
     Args:
         denoiser: a :mod:`mrgen.nets.denoisers` wrapper (eval mode is the caller's job); a bare
@@ -84,7 +91,8 @@ def sample(
         guidance: CFG weight w (1 = conditional only).
         cond: encoded masks ``(N, M, ...)`` (``mrgen.nets.encode_mask``), or None for a
             ``UNetDenoiser``; the denoiser checks its shape.
-        eta: DDIM η (0 = deterministic).
+        eta: DDIM η (0 = deterministic); the multistep solvers refuse η > 0.
+        precision: ``fp32`` or ``bf16`` (autocast of the denoiser evaluations).
     Returns:
         ``x_0`` of ``noise_shape`` (latents, or images for a ``ConcatUNet``), float32 on the denoiser's device.
     """
@@ -99,8 +107,11 @@ def sample(
     use_cfg = w != 1.0
     if use_cfg and uncond_context is None:
         raise ValueError("guidance != 1 needs uncond_context (the embedding of the empty prompt)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16' (sample.precision), got '{precision}'")
     device = _device_of(denoiser)
     dtype = next(denoiser.parameters()).dtype
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
 
     ctx = _expand(context, n, "context").to(device, dtype)
     if use_cfg:
@@ -120,7 +131,9 @@ def sample(
         ti = int(t)
         xin = torch.cat([x, x]) if use_cfg else x
         tt = torch.full((xin.shape[0],), ti, device=device, dtype=torch.long)
-        eps = denoiser.eps(xin.to(dtype), tt, ctx, cond).float()
+        with autocast():
+            eps = denoiser.eps(xin.to(dtype), tt, ctx, cond)
+        eps = eps.float()
         if use_cfg:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + w * (eps_c - eps_u)

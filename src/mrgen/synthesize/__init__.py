@@ -45,11 +45,20 @@ def target_prompt(cfg: Config, row: dict) -> str:
 
 def _sampler_settings(cfg: Config) -> dict:
     return {
-        "ddim_steps": cfg.sample.ddim_steps,
+        "solver": cfg.sample.solver,
+        "ddim_steps": cfg.sample.ddim_steps,  # the step count of every solver (the key predates the others)
         "guidance": cfg.sample.guidance,
         "eta": cfg.sample.eta,
+        "precision": cfg.sample.precision,
         "conditioning_scale": cfg.controller.conditioning_scale,
     }
+
+
+def _generate_kw(s: dict) -> dict:
+    """``Renderer.generate`` keywords from :func:`_sampler_settings` (records made before ``solver`` /
+    ``precision`` were recorded were DDIM in fp32)."""
+    return {"guidance": s["guidance"], "steps": s["ddim_steps"], "eta": s["eta"], "solver": s.get("solver", "ddim"),
+            "precision": s.get("precision", "fp32")}
 
 
 def run(cfg: Config) -> dict:
@@ -65,6 +74,7 @@ def run(cfg: Config) -> dict:
     done = len(rows) - len(todo)
     if todo:
         gen = load_generator(cfg.workdir, cfg)
+        sampler = _generate_kw(_sampler_settings(cfg))
         # jobs: (row, candidate) pairs, batched across masks so batches stay full
         jobs = [(r, c) for r in todo for c in range(cfg.sample.candidates)]
         pending: dict[str, list] = {}
@@ -75,8 +85,7 @@ def run(cfg: Config) -> dict:
                 masks = torch.from_numpy(np.stack([r["load"]() for r, _ in batch]))
                 texts = [target_prompt(cfg, r) for r, _ in batch]
                 seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
-                imgs = gen.generate(masks, texts, seeds, guidance=cfg.sample.guidance, steps=cfg.sample.ddim_steps,
-                                    eta=cfg.sample.eta)
+                imgs = gen.generate(masks, texts, seeds, **sampler)
                 for (r, c), img, seed, text, m in zip(batch, imgs, seeds, texts, masks):
                     pending.setdefault(r["id"], []).append((c, img[0].float().numpy(), seed, text, m.numpy()))
                     if len(pending[r["id"]]) == cfg.sample.candidates:
@@ -148,8 +157,7 @@ def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
         raise ValueError(f"candidate {record['key']}#{record['candidate']} was rendered with controller.conditioning_scale="
                          f"{s['conditioning_scale']}, the renderer uses {gen.conditioning_scale}; set "
                          f"controller.conditioning_scale={s['conditioning_scale']}")
-    img = gen.generate(torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]],
-                       guidance=s["guidance"], steps=s["ddim_steps"], eta=s["eta"])
+    img = gen.generate(torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]], **_generate_kw(s))
     return img[0, 0].float().numpy()
 
 
