@@ -116,6 +116,22 @@ def test_engine_stamp_follows_the_resolved_engine_config(tiny_bench, monkeypatch
     assert stamps(spec, base, fold, "source_only", labels) == before["source_only"]
 
 
+def test_bench_stamps_ignore_where_and_on_what_device_a_run_happens(tiny_bench, monkeypatch):
+    """run.device / run.workdir change no result (contract.NO_EFFECT), so a cached fold stays current."""
+    from mrgen import config as C
+    from mrgen.bench import stamps
+
+    spec, base, _, labels = tiny_bench
+    spec.tree["methods"]["mrgen"] = {}
+    fold = spec.folds[0]
+    before = {m: stamps(spec, base, fold, m, labels) for m in ("mrgen", "source_only")}
+    monkeypatch.setattr(C.RunCfg, "__init__", _with_default(C.RunCfg.__init__, device="cuda:1"))
+    moved = C._merge(base, {"run": {"device": "cuda:1", "workdir": "/elsewhere"}})
+    assert {m: stamps(spec, moved, fold, m, labels) for m in before} == before
+    seeded = C._merge(base, {"run": {"seed": int(base.run.seed) + 1}})  # a setting with an effect still counts
+    assert stamps(spec, seeded, fold, "source_only", labels) != before["source_only"]
+
+
 def _with_default(init, **defaults):
     def wrapped(self, *a, **k):
         init(self, *a, **{**defaults, **k})

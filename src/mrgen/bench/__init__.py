@@ -14,6 +14,8 @@ only what it affects. Reports: ``bench.json``, ``bench.md``, ``dice.png``, ``exa
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import time
 from pathlib import Path
@@ -100,16 +102,19 @@ def _fold_cfg(base: C.Config, fold: S.Fold) -> C.Config:
 def _engine_settings(spec: S.Spec, base: C.Config, fold: S.Fold) -> dict:
     """The engine's *resolved* config (preset + defaults + the ``engine`` tree), without its folder: a
     changed default in mrgen itself re-runs the engine methods, not only a changed benchmark file."""
-    tree = C.to_dict(S.engine_config(spec, base, Path("engine"), fold))
-    tree.get("run", {}).pop("workdir", None)
-    return tree
+    from mrgen import contract
+
+    ecfg = S.engine_config(spec, base, Path("engine"), fold)
+    return contract.declared(ecfg, tuple(f.name for f in dataclasses.fields(ecfg)))  # without NO_EFFECT keys
 
 
 def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> tuple[str, str]:
     """(train stamp: pairs + segmenter, eval stamp: + what the evaluation reports)."""
     cfg = _fold_cfg(base, fold)
     engine = _engine_settings(spec, base, fold) if method in ENGINE_METHODS else None
-    run_sec = {k: v for k, v in C.to_dict(cfg.run).items() if k != "workdir"}
+    from mrgen import contract
+
+    run_sec = contract.declared(cfg, ("run",))  # run.workdir, run.device: no effect on any result
     train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, C.to_dict(cfg.segment), C.to_dict(cfg.data),
                     run_sec, int(spec.tree.get("seed", 0)), spec.manifest)
     return train, S.stamp(train, spec.groups, labels, spec.tree.get("examples", 4))
