@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from fake_run import fake_run  # noqa: F401  (fixture)
+from fake_run import OVERRIDES, fake_run  # noqa: F401  (fixture)
 
 from mrgen.audit import reader
 
@@ -85,8 +85,8 @@ def test_page_in_headless_chromium(study, tmp_path):
     items = sorted(key["items"])
     tokens = ",".join(f"{2}{key['items'][i]['group'][0]}" for i in items)  # rating 2, the right call
     url = f"file://{res['page']}#auto=chromium-test;{tokens}"
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=60).stdout
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions", "--dump-dom"]
+    dom = subprocess.run([CHROMIUM, *flags, url], capture_output=True, text=True, timeout=240).stdout  # ~2 s when idle
     answers = json.loads(html.unescape(re.search(r'<pre id="answers">(.*?)</pre>', dom, re.S).group(1)))
     assert answers["reader"] == "chromium-test" and [a["item"] for a in answers["answers"]] == items
     link = re.search(r'<a id="download" download="([^"]+)" href="data:application/json', dom)
@@ -104,14 +104,14 @@ def test_cli_reader_study_and_errors(study, tmp_path):
 
     cfg, res, key, _ = study
     run = CliRunner()
-    out = run.invoke(app, ["audit", "reader-study", "-w", str(cfg.workdir), "-n", "4"])
+    out = run.invoke(app, ["audit", "reader-study", "-w", str(cfg.workdir), "-n", "4", "--preset", "tiny", *OVERRIDES])
     assert out.exit_code == 0 and "study:" in out.output, out.output
     key = json.loads(open(res["key"]).read())  # same seed, same items: the same study
     f = tmp_path / "a.json"
     f.write_text(json.dumps(_answers(key, lambda g: g, {"real": 1, "synthetic": 2}, "cli")))
     out = run.invoke(app, ["audit", "reader-study", "--score", str(f), "--key", res["key"]])
     assert out.exit_code == 0 and "cli: 4/4 correct" in out.output, out.output
-    bad = run.invoke(app, ["audit", "-w", str(cfg.workdir), "audit.copy_quantile=2"])
+    bad = run.invoke(app, ["audit", "-w", str(cfg.workdir), "--preset", "tiny", "audit.copy_quantile=2"])
     assert bad.exit_code == 2 and "audit.copy_quantile" in bad.output
     missing = run.invoke(app, ["audit", "reader-study", "--score", str(tmp_path / "none.json"), "--key", res["key"]])
     assert missing.exit_code == 2 and "not found" in missing.output
