@@ -8,7 +8,7 @@ runner = CliRunner()
 def test_help_lists_stages_in_data_flow_order():
     out = runner.invoke(app, ["--help"]).output
     panel = out[out.index("Commands"):]
-    order = ["phantom", "curate", "train", "synthesize", "filter", "export", "segment", "evaluate", "run", "demo"]
+    order = ["phantom", "curate", "train", "synthesize", "filter", "segment", "audit", "export", "evaluate", "run", "demo"]
     pos = [panel.index("│ " + s + " ") for s in order]
     assert pos == sorted(pos)
     train = runner.invoke(app, ["train", "--help"]).output
@@ -17,7 +17,7 @@ def test_help_lists_stages_in_data_flow_order():
 
 def test_every_subcommand_has_help_with_example():
     for cmd in (["phantom"], ["curate"], ["train", "ldm"], ["synthesize"], ["filter"], ["export", "nnunet"],
-                ["segment", "train"], ["evaluate", "segmenter"], ["run"], ["demo"], ["morph"]):
+                ["segment", "train"], ["evaluate", "segmenter"], ["run"], ["demo"], ["morph"], ["audit"]):
         res = runner.invoke(app, cmd + ["--help"])
         assert res.exit_code == 0, cmd
         assert "Example" in res.output, cmd

@@ -97,7 +97,7 @@ def test_declared_reads_cover_every_config_read(tmp_path, monkeypatch, mode):
             rec.current = s.name
             fns[s.name](cfg)
         rec.current = None
-    assert set(rec.reads) >= {"curate", "controller", "synthesize", "filter", "segment", "evaluate"}
+    assert set(rec.reads) >= {"curate", "controller", "synthesize", "filter", "segment", "audit", "evaluate"}
     for s in contract.stages(cfg):
         allowed = set(contract.declared(cfg, s.reads))
         for up in _upstream(cfg, s.name):
@@ -186,15 +186,16 @@ def test_driver_reruns_exactly_the_stages_that_read_a_key(stub_run, key):
 
 
 EXPECTED = {  # hand-written: what a user changes -> what must re-run (the bugs)
-    "run.test_subjects": ["evaluate"],
-    "run.source_subjects": ["ldm", "controller", "synthesize", "filter", "export", "segment", "evaluate"],
-    "run.target_datasets": ["ldm", "controller", "synthesize", "filter", "export", "segment", "evaluate"],
-    "run.seed": ["ldm", "controller", "synthesize", "filter", "export", "segment", "evaluate"],
-    "controller.conditioning_scale": ["synthesize", "filter", "export", "segment", "evaluate"],
-    "sample.guidance": ["synthesize", "filter", "export", "segment", "evaluate"],
+    "run.test_subjects": ["audit", "export", "evaluate"],  # the audit's baseline is the held-out test images
+    "run.source_subjects": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
+    "run.target_datasets": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
+    "run.seed": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
+    "controller.conditioning_scale": ["synthesize", "filter", "segment", "audit", "export", "evaluate"],
+    "sample.guidance": ["synthesize", "filter", "segment", "audit", "export", "evaluate"],
     "evaluate.hd_percentile": ["evaluate"],
-    "segment.channels": ["segment", "evaluate"],
+    "segment.channels": ["segment", "audit", "export", "evaluate"],
     "export.format": ["export"],
+    "audit.max_images": ["audit", "export"],  # the dataset card carries the audit
     "run.device": [],
     "ldm.train.log_every": [],
 }
@@ -220,7 +221,7 @@ def test_training_longer_resumes_in_place_and_retrains_downstream_afresh(stub_ru
     cfg, go = stub_run
     (cfg.workdir / "ldm" / "ckpt").mkdir(parents=True)
     new = _replace(cfg, "ldm.train.steps", cfg.ldm.train.steps + 5)
-    assert go(new) == ["ldm", "controller", "synthesize", "filter", "export", "segment", "evaluate"]
+    assert go(new) == ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"]
     assert (cfg.workdir / "ldm" / "ckpt").is_dir()  # same identity: resumed, not moved aside
     assert not list(cfg.workdir.glob("ldm.stale-*"))
     assert list(cfg.workdir.glob("controller.stale-*"))  # its LDM changed: it starts afresh
@@ -230,7 +231,7 @@ def test_provided_and_only(stub_run):
     cfg, go = stub_run
     new = _replace(cfg, "ldm.prompt_dropout", 0.3)
     assert go(new, only=("controller",), provided=("ldm",)) == ["controller"]  # ldm's new stamp recorded, not run
-    assert go(new) == ["synthesize", "filter", "export", "segment", "evaluate"]
+    assert go(new) == ["synthesize", "filter", "segment", "audit", "export", "evaluate"]
 
 
 def test_fingerprint_config_is_the_declared_reads_without_step_counts():

@@ -20,8 +20,8 @@ def test_demo_writes_report_and_every_stage(tiny_run):
     wd, out = tiny_run
     assert "report:" in out and "Dice" in out
     stages = json.loads((wd / "stages.json").read_text())["stages"]
-    assert list(stages) == ["phantom", "curate", "autoencoder", "ldm", "controller", "synthesize", "filter", "export",
-                            "segment", "evaluate"]
+    assert list(stages) == ["phantom", "curate", "autoencoder", "ldm", "controller", "synthesize", "filter", "segment",
+                            "audit", "export", "evaluate"]
     report = (wd / "report.md").read_text()
     summary = json.loads((wd / "eval" / "summary.json").read_text())
     assert set(summary) == {"engine", "source_only", "oracle"}
@@ -31,6 +31,14 @@ def test_demo_writes_report_and_every_stage(tiny_run):
         assert m["mean_dice"] == pytest.approx(sum(dice) / len(dice))  # mean over labels
         assert f"| {name} | {m['mean_dice']:.3f} |" in report  # the report shows these numbers
     assert (wd / "synth" / "samples.png").stat().st_size > 1000
+    # the trust audit: its record, its four report sections with figures, and the exported dataset's card
+    audit = json.loads((wd / "audit" / "audit.json").read_text())
+    assert audit["schema"] == 1 and audit["faithfulness"]["segmenter"]["images"] > 0  # segment/engine segmented back
+    for title in ("### Memorisation", "### Fidelity per label", "### Diversity", "### Mask faithfulness"):
+        assert title in report
+    assert "![memorisation](audit/memorisation.png)" in report and (wd / "audit" / "memorisation.png").exists()
+    card = next((wd / "nnunet").glob("Dataset*/dataset_card.md")).read_text()
+    assert "## Provenance" in card and f"near_copies: {audit['headline']['near_copies']}" in card
 
 
 def test_rerun_skips_current_stages(tiny_run):
@@ -38,7 +46,7 @@ def test_rerun_skips_current_stages(tiny_run):
     before = (wd / "stages.json").read_text()
     res = CliRunner().invoke(app, ["run", "--preset", "tiny", "-w", str(wd)])
     assert res.exit_code == 0, res.output
-    assert res.output.count("is current") == 10
+    assert res.output.count("is current") == 11
     assert (wd / "stages.json").read_text() == before
 
 

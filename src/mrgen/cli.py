@@ -19,7 +19,7 @@ from mrgen import config as C
 
 console = Console(stderr=True)
 
-ORDER = ["phantom", "curate", "query", "train", "labelgen", "synthesize", "filter", "export", "segment", "evaluate", "morph", "run", "demo", "bench"]
+ORDER = ["phantom", "curate", "query", "train", "labelgen", "synthesize", "filter", "segment", "audit", "export", "evaluate", "morph", "run", "demo", "bench"]
 
 
 class DataFlowGroup(TyperGroup):
@@ -38,7 +38,8 @@ app = typer.Typer(
     help=(
         "mrgen: a controllable data engine for MRI segmentation on modalities nobody annotated.\n\n"
         "Stages in data-flow order: **phantom** → **curate** → **train autoencoder** → **train ldm** → "
-        "**train controller** → (**labelgen**) → **synthesize** → **filter** → **export nnunet** → **segment** → **evaluate**; "
+        "**train controller** → (**labelgen**) → **synthesize** → **filter** → **segment** → **audit** → **export nnunet** → "
+        "**evaluate**; "
         "**run** chains them, **demo** runs them on the built-in phantom; **morph** edits label maps.\n\n"
         "Every stage: `mrgen STAGE [--preset tiny|cpu|paper] [--config FILE] [section.key=value ...] [--dry-run]`."
     ),
@@ -164,6 +165,45 @@ _stage("run", "mrgen.pipeline", fn="cli_run", doc=(
 _stage("demo", "mrgen.pipeline", fn="demo", doc=(
     "The whole chain on the built-in phantom (T1 masks annotated, T2 unannotated), cpu preset, ≤ 20 min on 2 cores.\n\n"
     "Example: `mrgen demo` (or `mrgen demo --preset tiny` for a seconds-long smoke run)"))
+
+
+@app.command("audit")
+def audit(
+    words: Optional[List[str]] = typer.Argument(None, show_default=False, help=(
+        "`reader-study` for the blinded reader study; then overrides like audit.max_images=64")),
+    preset: str = PresetOpt,
+    config: Optional[str] = ConfigOpt,
+    workdir: Optional[str] = WorkdirOpt,
+    dry_run: bool = DryOpt,
+    n: int = typer.Option(40, "-n", help="reader-study: images on the page (half real, half synthetic)"),
+    score: Optional[List[str]] = typer.Option(None, "--score", help="reader-study: score these answer files"),
+    key: Optional[str] = typer.Option(None, "--key", help="reader-study --score: the key.json (default: the run's)"),
+):
+    """Trust report of the kept synthetic images: memorisation, fidelity per label, diversity, mask faithfulness.
+
+    Examples: `mrgen audit -w runs/demo`; `mrgen audit reader-study -w runs/demo -n 40` (a static HTML page + its key);
+    `mrgen audit reader-study -w runs/demo --score answers.json` (accuracy with a 95 % interval, mean ratings).
+    """
+    words = list(words or [])
+    study = bool(words) and words[0] == "reader-study"
+    if study and score and key:  # scoring against a given key needs no run folder
+        typer.echo(_call("mrgen.audit.reader", "summary_lines", _call("mrgen.audit.reader", "score", list(score), key)))
+        return
+    try:
+        cfg = _cfg(preset, config, workdir, words[1:] if study else words, dry_run)
+    except C.ConfigError as exc:
+        console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if not study:
+        if score:
+            console.print("[bold red]error[/]: --score belongs to `mrgen audit reader-study --score answers.json`")
+            raise typer.Exit(2)
+        console.print(_summary(_call("mrgen.audit", "run", cfg)))
+    elif score:
+        res = _call("mrgen.audit.reader", "score", list(score), key or cfg.workdir / "audit" / "reader_study" / "key.json")
+        typer.echo(_call("mrgen.audit.reader", "summary_lines", res))
+    else:
+        console.print(_summary(_call("mrgen.audit.reader", "build", cfg, n)))
 
 
 @app.command("query")

@@ -223,6 +223,23 @@ class EvaluateCfg:
 
 
 @dataclass
+class AuditCfg:
+    """``mrgen audit``: how many images each check compares (docs/audit.md); every subset is drawn with ``seed``."""
+
+    max_images: int = 128  # kept synthetic images audited
+    max_reference: int = 256  # engine training images each nearest neighbour is searched among
+    max_real: int = 64  # real target images per set (held-out baseline, fidelity, diversity)
+    copy_quantile: float = 1.0  # near-copy threshold Q: this quantile of held-out real images' similarity (1 = their max)
+    copy_margin: float = 0.5  # ... plus this share of the way from Q to identical (1): threshold Q + margin * (1 - Q)
+    pairs: int = 200  # image pairs per diversity figure
+    min_dice: float = 0.5  # a kept render the target segmenter segments back below this mean Dice is flagged
+    segmenter: str = "engine"  # the target segmenter: <workdir>/segment/<name>
+    figure_pairs: int = 6  # most similar synthetic/training pairs shown
+    reader_size: int = 256  # reader study: displayed image side in pixels
+    seed: int = 0
+
+
+@dataclass
 class MorphCfg:
     recipe: str = ""  # YAML recipe of chained edits
     inputs: str = ""  # glob of label NIfTI files; empty = the run's phantom masks (<workdir>/phantom/masks/*.nii.gz)
@@ -267,6 +284,7 @@ class Config:
     segment: SegmentCfg = field(default_factory=SegmentCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     morph: MorphCfg = field(default_factory=MorphCfg)
+    audit: AuditCfg = field(default_factory=AuditCfg)
 
     @property
     def workdir(self) -> Path:
@@ -411,6 +429,7 @@ def validate(cfg: Config) -> None:
         )
     _validate_filter(cfg.filter)
     _validate_sample(cfg.sample)
+    _validate_audit(cfg.audit)
     for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
         if stage.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
@@ -445,6 +464,21 @@ def _validate_filter(f: FilterCfg) -> None:
     if not 0.0 <= float(f.min_kept_fraction) <= 1.0:
         raise ConfigError(f"filter.min_kept_fraction must be in [0, 1] (0 = accept any number of kept masks), "
                           f"got {f.min_kept_fraction}")
+
+
+def _validate_audit(a: AuditCfg) -> None:
+    for key, low in (("max_images", 2), ("max_reference", 1), ("max_real", 2), ("pairs", 1), ("reader_size", 32)):
+        if int(getattr(a, key)) < low:
+            raise ConfigError(f"audit.{key} must be >= {low}, got {getattr(a, key)} (docs/audit.md)")
+    if int(a.figure_pairs) < 0:
+        raise ConfigError(f"audit.figure_pairs must be >= 0 (0 = no figure), got {a.figure_pairs}")
+    if not 0.0 <= float(a.copy_margin) < 1.0:
+        raise ConfigError(f"audit.copy_margin must be in [0, 1) (0.5: halfway from the baseline to identical), got {a.copy_margin}")
+    for key in ("copy_quantile", "min_dice"):
+        if not 0.0 <= float(getattr(a, key)) <= 1.0:
+            raise ConfigError(f"audit.{key} must be in [0, 1], got {getattr(a, key)} (docs/audit.md)")
+    if not a.segmenter or "/" in a.segmenter or a.segmenter.startswith("."):
+        raise ConfigError(f"audit.segmenter must name a folder under <workdir>/segment (e.g. engine), got '{a.segmenter}'")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -89,9 +89,14 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
               "synth/provenance.jsonl", "synth"),
         # calibrated thresholds score the curated source pairs (mrgen.filter.calibrate) at the item shape
         Stage("filter", ("filter", "run.seed") + ROLES + LAYOUT, ("synthesize", "curate"), "filter/kept.json", "filter"),
-        Stage("export", ("export", "data.spatial_dims", "run.source_modality", "run.target_modality"), ("filter",),
-              "nnunet", "nnunet"),
         Stage("segment", ("segment", "run.baselines") + LAYOUT + ROLES, ("filter",), "segment/summary.json", "segment"),
+        # the trust report: kept images vs the engine's training images, real target and held-out test images;
+        # its segmenter checks use the segment stage's target segmenter (mrgen.audit)
+        Stage("audit", ("audit", "evaluate.features", "evaluate.features_arch", "controller.mode") + LAYOUT + ROLES + TEST,
+              ("filter", "segment"), "audit/audit.json", "audit"),
+        # the dataset card carries the audit's headline figures
+        Stage("export", ("export", "data.spatial_dims", "run.source_modality", "run.target_modality"), ("filter", "audit"),
+              "nnunet", "nnunet"),
         Stage("evaluate", ("evaluate",) + LAYOUT + ROLES + TEST, ("segment",), "eval/summary.json", "eval"),
     ]
     return out

@@ -25,14 +25,14 @@ SCHEMA = 2
 
 def _functions() -> dict[str, Callable]:
     """Stage name -> the function that runs it on a config."""
-    from mrgen import autoencoder, controller, curate, evaluate, export, labelgen, ldm, phantom, synthesize
+    from mrgen import audit, autoencoder, controller, curate, evaluate, export, labelgen, ldm, phantom, synthesize
     from mrgen import filter as filter_stage
     from mrgen.morph import masks as morph_masks
     from mrgen.segment.stage import train_sets
 
     return {"phantom": phantom.run, "curate": curate.run, "autoencoder": autoencoder.run, "ldm": ldm.run,
             "controller": controller.run, "labelgen": labelgen.run, "morph": morph_masks.morph_run_masks, "synthesize": synthesize.run,
-            "filter": filter_stage.run, "export": export.run, "segment": train_sets, "evaluate": evaluate.evaluate_run}
+            "filter": filter_stage.run, "audit": audit.run, "export": export.run, "segment": train_sets, "evaluate": evaluate.evaluate_run}
 
 
 def read_stages(workdir) -> dict:

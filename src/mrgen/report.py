@@ -99,6 +99,10 @@ def write_report(cfg: C.Config, summary: dict, quality: dict | None = None) -> P
     for title, rel in FIGURES:
         if (wd / rel).exists():
             lines += [f"## {title}", "", f"![{title}]({rel})", ""]
+    if (wd / "audit" / "audit.json").exists():  # the trust audit (mrgen.audit)
+        from mrgen.audit.section import markdown
+
+        lines += markdown(io.read_json(wd / "audit" / "audit.json"))
     for m in summary:
         for fig in sorted((wd / "eval" / m).glob("**/*.png")):
             lines += [f"## {m}: {fig.stem}", "", f"![{m} {fig.stem}]({os.path.relpath(fig, wd)})", ""]

@@ -59,7 +59,7 @@ def test_3d_run_has_every_stage_and_the_foscu_segmenter(run3d):
     wd, _ = run3d
     stages = list(json.loads((wd / "stages.json").read_text())["stages"])
     assert stages == ["phantom", "curate", "autoencoder", "ldm", "controller", "labelgen", "morph", "synthesize", "filter",
-                      "export", "segment", "evaluate"]
+                      "segment", "audit", "export", "evaluate"]
     done = json.loads((wd / "segment" / "summary.json").read_text())
     n = {k: int(v.split()[0]) for k, v in done.items()}
     assert n["oracle_plus_engine"] == n["oracle"] + n["engine"]

@@ -16,16 +16,20 @@ from mrgen.evaluate.extractor import features
 from mrgen.evaluate.metrics import frechet_distance, kid, psnr, ssim
 
 
-def _slices(arr: np.ndarray, mask: np.ndarray | None = None, per_volume: int = 8) -> list:
-    """2D images of an item: itself (2D), or for a 3D volume ``per_volume`` axial slices evenly spaced over
-    the slices that hold the object (more than 10 % of the voxels above the background level, -0.9)."""
-    if arr.ndim == 2:
-        return [arr]
+def axial_indices(arr: np.ndarray, per_volume: int = 8) -> list:
+    """Indices of ``per_volume`` axial slices of a 3D volume, evenly spaced over the slices that hold the object
+    (more than 10 % of the voxels above the background level, -0.9); the middle slice when none does."""
     filled = np.flatnonzero((arr > -0.9).reshape(len(arr), -1).mean(1) > 0.1)
     if not len(filled):
-        return [arr[len(arr) // 2]]
-    picks = np.unique(np.linspace(filled[0], filled[-1], min(per_volume, len(filled))).round().astype(int))
-    return [arr[i] for i in picks]
+        return [len(arr) // 2]
+    return [int(i) for i in np.unique(np.linspace(filled[0], filled[-1], min(per_volume, len(filled))).round().astype(int))]
+
+
+def _slices(arr: np.ndarray, mask: np.ndarray | None = None, per_volume: int = 8) -> list:
+    """2D images of an item: itself (2D), or for a 3D volume its :func:`axial_indices` slices."""
+    if arr.ndim == 2:
+        return [arr]
+    return [arr[i] for i in axial_indices(arr, per_volume)]
 
 
 def _paired_id(mask_id: str, target: str) -> str:

@@ -3,7 +3,8 @@
 Writes ``<workdir>/nnunet/Dataset{export.dataset_id:03d}_{export.name}/`` (see
 :mod:`mrgen.export.nnunet` for the layout); ``provenance.jsonl`` maps each case to the
 candidate it came from (key, mask id, candidate, seed, prompt, sampler, checkpoints, filter
-scores), enough to regenerate it. :func:`export_pairs` is reusable for any (image, mask) set
+scores), enough to regenerate it; ``dataset_card.md`` + ``audit.json`` say what the dataset is
+(:mod:`mrgen.audit.card`). :func:`export_pairs` is reusable for any (image, mask) set
 (benchmarks, the oracle's real pairs).
 """
 
@@ -29,6 +30,7 @@ def run_labels(workdir: str | Path) -> dict:
 
 
 def run(cfg) -> dict:
+    from mrgen.audit.card import write_card
     from mrgen.curate.labels import context_values
     from mrgen.pairs import kept_pairs
 
@@ -40,9 +42,10 @@ def run(cfg) -> dict:
         case = f"{cfg.export.name}_{i:05d}"
         pairs.append((case, np.asarray(image, np.float32), np.asarray(mask)))
         prov.append({**meta, **{k: item[k] for k in ("key", "candidate", "mean_iou", "mean_conf", "relaxed") if k in item}})
+    title = f"mrgen synthetic {cfg.run.target_modality} from {cfg.run.source_modality} masks"
     res = export_pairs(pairs, out, run_labels(wd), cfg.run.target_modality, fmt, provenance=prov,
-                       context=context_values(wd / "curated"),
-                       description=f"mrgen synthetic {cfg.run.target_modality} from {cfg.run.source_modality} masks")
+                       context=context_values(wd / "curated"), description=title)
+    res["card"] = str(write_card(out, wd, prov, title))  # provenance, filter settings, the audit's headline
     if not pairs:
         res["warning"] = ("filter kept no candidates (every mask was dropped): the dataset is empty; lower the filter "
                           "thresholds (see docs/filter.md) or synthesize more candidates")
