@@ -71,15 +71,24 @@ def _cfg(preset: Optional[str], config: Optional[str], workdir: Optional[str], o
     if dry:
         typer.echo(C.dump(cfg))
         raise typer.Exit(0)
-    C.save_resolved(cfg, cfg.workdir)
     return cfg
 
 
-def _call(module: str, fn: str, *args, **kwargs):
-    """Import a stage lazily (keeps ``mrgen --help`` fast) and turn known errors into one clear line."""
+def _call(module: str, fn: str, *args, locked: C.Config | None = None, **kwargs):
+    """Import a stage lazily (keeps ``mrgen --help`` fast) and turn known errors into one clear line.
+
+    ``locked``: hold that config's run folder lock (:mod:`mrgen.lock`) and save the resolved config under it.
+    """
+    from contextlib import nullcontext
+
+    from mrgen import lock
+
     try:
         mod = importlib.import_module(module)
-        return getattr(mod, fn)(*args, **kwargs)
+        with lock.hold(locked.workdir) if locked is not None else nullcontext():
+            if locked is not None:
+                C.save_resolved(locked, locked.workdir)
+            return getattr(mod, fn)(*args, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # our error classes subclass ValueError
         name = type(exc).__name__
         console.print(f"[bold red]error[/] ({name}): {exc}", highlight=False, soft_wrap=True)
@@ -99,7 +108,7 @@ def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer
         except C.ConfigError as exc:
             console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        result = _call(module, fn, cfg)
+        result = _call(module, fn, cfg, locked=cfg)
         if result is not None:
             console.print(result if isinstance(result, str) else _summary(result))
 

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from mrgen import config as C
-from mrgen import contract, io
+from mrgen import contract, io, lock
 
 STAGES_FILE = "stages.json"
 SCHEMA = 2
@@ -81,8 +81,12 @@ def run(cfg: C.Config, only: tuple | None = None, provided: tuple = (), meter: C
 
     console = Console(stderr=True)
     say = log or _print(console)
+    with lock.hold(cfg.workdir, say):
+        return _run(cfg, only, provided, meter, log, say, console)
+
+
+def _run(cfg, only, provided, meter, log, say, console) -> dict:
     wd = cfg.workdir
-    wd.mkdir(parents=True, exist_ok=True)
     C.save_resolved(cfg, wd)
     done = read_stages(wd)
     fns = _functions()
