@@ -17,12 +17,15 @@ import torch
 
 from mrgen import io
 
+SCHEMA = 1  # of the checkpoint info (the ``state`` metadata and state.json)
+
 
 def save_state(folder: Path, tensors: dict, info: dict) -> None:
     """``state.safetensors`` is the truth (info in its metadata); ``state.json`` is a readable copy."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    info = {"schema": SCHEMA, **info}
     text = json.dumps(info, default=io._json_default)
     with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"state": text})
@@ -36,9 +39,15 @@ def load_state(folder: Path) -> tuple[dict, dict] | None:
     path = folder / "state.safetensors"
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    fix = (f"delete {folder} and rerun: the stage trains again from step 0 (its finished model, if any, is "
+           f"in {folder.parent})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {})["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own errors on a truncated/flipped file
+        raise io.corrupt(path, exc, fix) from None
+    io.check_schema(info.get("schema") if isinstance(info, dict) else None, path, SCHEMA, fix)
     return tensors, info
 
 

@@ -98,6 +98,49 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
+class ArtefactError(ValueError):
+    """A file mrgen wrote cannot be used: corrupt, truncated, or of a schema this mrgen does not read.
+
+    The message names the file and the fix (usually: delete it and rerun the stage that writes it).
+    """
+
+
+def corrupt(path: str | Path, exc: BaseException | str, fix: str) -> ArtefactError:
+    """The one wording of "this file is damaged": what failed, and ``fix`` (e.g. "delete it and rerun `mrgen curate`")."""
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return ArtefactError(f"{path} is corrupt or truncated ({why}); {fix}")
+
+
+def check_schema(found, path: str | Path, schema: int, fix: str, oldest: int = 1) -> int:
+    """``found`` (a file's ``schema`` value) as an int in ``[oldest, schema]``, else an :class:`ArtefactError`."""
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise ArtefactError(f"{path} has an unknown schema version {found!r} (this mrgen reads {oldest}..{schema}); "
+                            f"it was not written by mrgen or is damaged: {fix}")
+    if found > schema:
+        raise ArtefactError(f"{path} has schema {found}, newer than this mrgen reads (up to {schema}); upgrade mrgen, "
+                            f"or {fix}")
+    if found < oldest:
+        raise ArtefactError(f"{path} has schema {found}, older than this mrgen reads (from {oldest}); {fix}")
+    return found
+
+
+def read_versioned(path: str | Path, schema: int, fix: str, oldest: int = 1, missing: int | None = None) -> dict:
+    """The JSON object in ``path`` (a versioned artefact: ``{"schema": N, ...}``) after checking N.
+
+    ``fix``: what the user does when it cannot be read (e.g. "delete it and rerun `mrgen filter`");
+    ``missing``: the version of a file without ``schema`` (written before versioning; ``None``: refuse).
+    Raises :class:`ArtefactError` for unparsable JSON, a non-object, or a version outside ``[oldest, schema]``.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise corrupt(path, exc, fix) from None
+    if not isinstance(raw, dict):
+        raise corrupt(path, f"expected a JSON object, found {type(raw).__name__}", fix)
+    check_schema(raw.get("schema", missing), path, schema, fix, oldest)
+    return raw
+
+
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)

@@ -40,8 +40,9 @@ def read_stages(workdir) -> dict:
     path = workdir / STAGES_FILE
     if not path.exists():
         return {}
-    raw = io.read_json(path)
-    if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
+    fix = f"delete it to re-run every stage (finished training resumes from its checkpoints): rm {path}"
+    raw = io.read_versioned(path, SCHEMA, fix, missing=1)
+    if raw.get("schema", 1) == SCHEMA:
         return dict(raw.get("stages", {}))
     # schema 1 ({stage: stamp}) stamped other inputs: every recorded stage counts as changed, so its
     # folder is moved aside (not reused by a stage that skips finished items, such as synthesize)

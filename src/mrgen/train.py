@@ -295,7 +295,7 @@ class _Loop:
         rt, rinfo = rng_state()
         tensors.update(ot)
         tensors.update(rt)
-        info = {"schema": 1, "stage": job.stage, "step": step, "fingerprint": self.fp,
+        info = {"stage": job.stage, "step": step, "fingerprint": self.fp,
                 "data_hash": job.meta.get("data_hash", ""), "config": job.meta.get("config", {}),
                 "world": self.world, "optim": oinfo, "rng": rinfo}
         save_state(self.ckpt, tensors, info)
@@ -355,7 +355,9 @@ def fit(job: Job) -> dict:
     fp = fingerprint(stage, job.meta, tcfg)
     done = job.out / next(iter(job.export.values()))[0] / "model.json"
     if done.exists():
-        old = io.read_json(done)
+        from mrgen.nets.store import read_meta
+
+        old = read_meta(done.parent)
         if old.get("fingerprint") == fp and old.get("step") == tcfg.steps:
             return {"stage": stage, "step": old["step"], "skipped": True, "out": str(job.out)}
 
