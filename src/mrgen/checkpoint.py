@@ -28,7 +28,7 @@ def save_state(folder: Path, tensors: dict, info: dict) -> None:
     info = {"schema": SCHEMA, **info}
     text = json.dumps(info, default=io._json_default)
     with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"state": text})
+        save_file(tensors, str(tmp), metadata={"state": text, "sha256": tensors_hash(tensors)})
     io.write_json(folder / "state.json", info)
 
 
@@ -43,12 +43,27 @@ def load_state(folder: Path) -> tuple[dict, dict] | None:
            f"in {folder.parent})")
     try:
         with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {})["state"])
+            meta = f.metadata() or {}
+            info = json.loads(meta["state"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors' own errors on a truncated/flipped file
         raise io.corrupt(path, exc, fix) from None
+    if meta.get("sha256") and tensors_hash(tensors) != meta["sha256"]:
+        raise io.corrupt(path, "its tensors' sha256 differs from the one it records", fix)
     io.check_schema(info.get("schema") if isinstance(info, dict) else None, path, SCHEMA, fix)
     return tensors, info
+
+
+def tensors_hash(tensors: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

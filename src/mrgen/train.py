@@ -251,7 +251,7 @@ class _Loop:
         if self.main:  # drop log lines past the checkpoint so a resumed log equals an uninterrupted one
             job.out.mkdir(parents=True, exist_ok=True)
             old = self.log_path.read_text().splitlines() if self.log_path.exists() else []
-            kept = [ln for ln in old if json.loads(ln)["step"] <= start]
+            kept = [ln for ln in old if _logged_step(ln) <= start]
             with io.atomic_path(self.log_path) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in kept))
         return start
@@ -340,6 +340,14 @@ class _Loop:
         for name, (sub, kind) in job.export.items():
             save_model(job.out / sub, kind, job.modules[name], full)
         self.swap_ema()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log line; a line cut short by a kill counts as past any checkpoint (it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def fit(job: Job) -> dict:
