@@ -93,6 +93,16 @@ def _call(module: str, fn: str, *args, locked: C.Config | None = None, **kwargs)
         name = type(exc).__name__
         console.print(f"[bold red]error[/] ({name}): {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # a full disk outside the atomic writers (an appended log): the same one line
+        from mrgen import io
+
+        if not io.is_disk_full(exc):
+            raise
+        where = locked.workdir if locked is not None else Path.cwd()
+        console.print(f"[bold red]error[/] (DiskFullError): disk full ({exc}) while writing below {where}; free space "
+                      "there, then rerun the same command: every file written before is intact and the stage resumes",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def check_workdir(cfg: C.Config, creates: bool) -> None:

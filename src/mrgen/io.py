@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +54,19 @@ _writes = 0  # atomic writes committed by this process (the fault hook counts th
 
 
 def _fault(moment: str, path: Path) -> None:
-    """``MRGEN_FAULT_KILL_AT=k[:before|:after]``: SIGKILL this process at its k-th atomic write (tests/faults)."""
-    spec = os.environ.get("MRGEN_FAULT_KILL_AT")
-    if not spec:
+    """The fault hook of tests/faults. ``MRGEN_FAULT_KILL_AT=k[:before|:after]``: SIGKILL this process at its
+    k-th atomic write; ``MRGEN_FAULT_LOG=file``: append ``{"k", "moment", "path", "time"}`` of every write (and of
+    the kill) to ``file``."""
+    log, spec = os.environ.get("MRGEN_FAULT_LOG"), os.environ.get("MRGEN_FAULT_KILL_AT")
+    if not (log or spec):
         return
-    k, _, when = spec.partition(":")
-    if _writes == int(k) and (when or "before") == moment:
-        log = os.environ.get("MRGEN_FAULT_LOG")
-        if log:
-            with open(log, "a") as fh:
-                fh.write(json.dumps({"k": _writes, "moment": moment, "path": str(path)}) + "\n")
+    k, _, when = (spec or "").partition(":")
+    kill = bool(spec) and _writes == int(k) and (when or "before") == moment
+    if log and (moment == "before" or kill):
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"k": _writes, "moment": moment, "path": str(path), "time": time.time(),
+                                 "kill": kill}) + "\n")
+    if kill:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -76,7 +80,12 @@ def _commit(tmp: str | Path, path: Path) -> None:
     _fault("after", path)
 
 
-def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the device is full (an OSError with ENOSPC, or a library's wrapped "No space left")."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
     try:
         import shutil
 
@@ -105,8 +114,10 @@ def atomic_path(path: str | Path, suffix: str | None = None, keep_if_same: bool 
         yield Path(tmp)
         if not (keep_if_same and path.exists() and file_hash(tmp) == file_hash(path)):
             _commit(tmp, path)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+    except DiskFullError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - writers (numpy, pyarrow, safetensors) word a full disk differently
+        if is_disk_full(exc):
             raise _disk_full(path, exc) from None
         raise
     finally:
@@ -115,9 +126,19 @@ def atomic_path(path: str | Path, suffix: str | None = None, keep_if_same: bool 
 
 
 def is_temp(path: str | Path) -> bool:
-    """A temp file of :func:`atomic_path` (never a finished artefact: readers that glob skip it)."""
+    """A temp file of :func:`atomic_path` (``.<name>.<random>.tmp<suffix>``), never a finished artefact."""
     name = Path(path).name
     return name.startswith(".") and TMP_MARK in name
+
+
+def sweep_temp(folder: str | Path) -> list[Path]:
+    """Delete the temp files a killed run left below ``folder`` (call it holding the folder's lock); returns them."""
+    gone = []
+    for p in Path(folder).rglob(".*"):
+        if is_temp(p) and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def _umask() -> int:

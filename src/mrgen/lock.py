@@ -4,7 +4,8 @@ The lock file is created with ``O_CREAT | O_EXCL`` (atomic on a local file syste
 ``{"schema", "pid", "host", "started", "lease_until"}``. While the run lives a daemon thread
 renews the lease every ``LEASE_S / 3`` seconds. A lock is *stale*, and is taken over with a
 message, when its process is gone: on this host its pid is not alive, or (any host) its lease
-expired (a killed run stops renewing; a recycled pid does not keep a dead run's lock). A live
+expired (a killed run stops renewing; a recycled pid does not keep a dead run's lock). Taking the lock deletes the
+temp files of atomic writes a killed run left (:func:`mrgen.io.sweep_temp`). A live
 lock refuses the second run at once with :class:`LockError` (a ValueError: the CLI prints one
 line and exits 2). The lock is re-entrant within one process (``mrgen run`` -> stage functions).
 """
@@ -20,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+from mrgen import io
 
 LOCK_FILE = ".mrgen.lock"
 SCHEMA = 1
@@ -145,6 +148,9 @@ def hold(workdir: str | Path, say: Callable[[str], None] | None = None) -> Itera
         (say or _stderr)(f"{path}: stale lock taken over ({why})")
     else:
         raise LockError(f"{path}: could not take the lock (it keeps changing); is another run starting? Retry")
+    left = io.sweep_temp(wd)  # no other run writes here: temp files are a killed run's, never finished files
+    if left:
+        (say or _stderr)(f"{wd}: removed {len(left)} temp file(s) left by an interrupted run")
     stop = threading.Event()
     threading.Thread(target=_renew, args=(path, stop), daemon=True, name="mrgen-lock-lease").start()
     with _mutex:

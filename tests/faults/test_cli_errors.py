@@ -9,6 +9,9 @@ from mrgen.cli import app
 
 runner = CliRunner()
 
+FAULT = pytest.mark.fault("bad command line",
+                          action="read the one-line error: it names the bad key/value/folder and the fix")
+
 
 def _fails(args, *needles):
     res = runner.invoke(app, args)
@@ -26,6 +29,7 @@ def _fails(args, *needles):
     (["run", "-p", "tiny", "ldm.train.steps=four"], "config key 'ldm.train.steps' expects an integer, got 'four'"),
     (["run", "-p", "tiny", "ldm.train.steps"], "must look like section.key=value"),
 ])
+@FAULT
 def test_unknown_stage_preset_key_or_type(tmp_path, args, needle):
     _fails(args + ["-w", str(tmp_path / "new")] if args[0] == "run" else args, needle)
     assert not (tmp_path / "new").exists()  # nothing written
@@ -33,11 +37,13 @@ def test_unknown_stage_preset_key_or_type(tmp_path, args, needle):
 
 @pytest.mark.parametrize("stage", [["synthesize"], ["filter"], ["train", "ldm"], ["export", "nnunet"],
                                    ["segment", "train"], ["evaluate", "segmenter"]])
+@FAULT
 def test_missing_run_folder(tmp_path, stage):
     _fails(stage + ["-p", "tiny", "-w", str(tmp_path / "nope")], f"run folder {tmp_path / 'nope'} does not exist")
     assert not (tmp_path / "nope").exists()
 
 
+@FAULT
 def test_foreign_run_folder_is_refused_and_left_alone(tmp_path):
     (tmp_path / "thesis.tex").write_text("mine")
     _fails(["run", "-p", "tiny", "-w", str(tmp_path)], "is not an mrgen run folder", "Give a new or empty folder")
@@ -47,6 +53,7 @@ def test_foreign_run_folder_is_refused_and_left_alone(tmp_path):
     _fails(["run", "-p", "tiny", "-w", str(tmp_path / "file")], "is a file, not a folder")
 
 
+@FAULT
 def test_earlier_stage_missing_is_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text("preset: tiny\n")
     _fails(["train", "ldm", "-w", str(tmp_path)], f"{tmp_path / 'autoencoder' / 'model.json'} not found",
@@ -56,6 +63,7 @@ def test_earlier_stage_missing_is_one_line(tmp_path):
 @pytest.mark.parametrize("schema, needle", [(0, "older than this mrgen reads (from 1)"),
                                             (3, "newer than this mrgen reads (up to 2); upgrade mrgen"),
                                             ("2", "unknown schema version '2'")])
+@FAULT
 def test_run_folder_of_another_schema_version(tmp_path, schema, needle):
     (tmp_path / "stages.json").write_text(json.dumps({"schema": schema, "stages": {}}))
     _fails(["run", "-p", "tiny", "-w", str(tmp_path)], f"{tmp_path / 'stages.json'} has", needle,

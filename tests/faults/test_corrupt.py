@@ -12,6 +12,9 @@ from mrgen.curate.index import Index
 from mrgen.nets.store import load_model
 from mrgen.synthesize import load_candidates
 
+FAULT = pytest.mark.fault("corrupt or truncated file",
+                          action="delete the named file and rerun the named command (it redoes only that part)")
+
 
 def truncate(path, at=0.5):
     data = path.read_bytes()
@@ -35,6 +38,7 @@ def _model(wd):
     return build_autoencoder(load_config("tiny", overrides=[f"run.workdir={wd}"]))
 
 
+@FAULT
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_training_checkpoint(run_copy, damage):
     folder = run_copy / "ldm" / "ckpt"
@@ -43,6 +47,7 @@ def test_training_checkpoint(run_copy, damage):
         checkpoint.load_state(folder)
 
 
+@FAULT
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_model_weights_and_their_json(run_copy, damage):
     folder = run_copy / "autoencoder"
@@ -56,6 +61,7 @@ def test_model_weights_and_their_json(run_copy, damage):
         load_model(folder, _model(run_copy))
 
 
+@FAULT
 def test_curated_index(run_copy):
     path = run_copy / "curated" / "index.parquet"
     good, data = Index(path).table, path.read_bytes()
@@ -73,6 +79,7 @@ def test_curated_index(run_copy):
     assert detected >= 20  # most bytes matter (measured: 221 of 306 positions refused, none misread)
 
 
+@FAULT
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_curated_array(run_copy, damage):
     rel = Index(run_copy).query(kind="volume")[0]["image"]
@@ -81,6 +88,7 @@ def test_curated_array(run_copy, damage):
         load_array(run_copy / "curated", rel)
 
 
+@FAULT
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_candidates_file(run_copy, damage):
     f = sorted((run_copy / "synth" / "candidates").glob("*.npz"))[0]
@@ -89,6 +97,7 @@ def test_candidates_file(run_copy, damage):
         load_candidates(f)
 
 
+@FAULT
 def test_kept_json(run_copy):
     truncate(pairs.kept_file(run_copy))
     with pytest.raises(io.ArtefactError, match=r"kept.json is corrupt or truncated .*rerun `mrgen filter"):
@@ -97,6 +106,7 @@ def test_kept_json(run_copy):
     assert res.returncode == 2 and "kept.json is corrupt or truncated" in res.stderr and "Traceback" not in res.stderr
 
 
+@FAULT
 def test_the_fix_works_deleted_candidates_and_array_come_back_identical(run_copy, reference):
     f = sorted((run_copy / "synth" / "candidates").glob("*.npz"))[0]
     rel = Index(run_copy).query(kind="volume")[0]["image"]

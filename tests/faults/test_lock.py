@@ -13,6 +13,9 @@ from fault_helpers import mrgen, popen
 
 HOLD = "import sys, time; from mrgen import lock\nwith lock.hold(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"
 
+FAULT = pytest.mark.fault("two runs on one folder",
+                          action="wait for the live run or use another -w; a killed run's lock is taken over by itself")
+
 
 @pytest.fixture
 def holder(tmp_path):
@@ -25,6 +28,7 @@ def holder(tmp_path):
     p.wait()
 
 
+@FAULT
 def test_second_run_on_a_folder_in_use_is_refused_at_once(tmp_path, holder):
     t0 = time.time()
     res = mrgen("run", "--preset", "tiny", "-w", str(tmp_path))
@@ -35,6 +39,7 @@ def test_second_run_on_a_folder_in_use_is_refused_at_once(tmp_path, holder):
     assert holder.poll() is None and json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == holder.pid
 
 
+@FAULT
 def test_lock_of_a_killed_run_is_taken_over(tmp_path, holder):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -51,6 +56,7 @@ def _foreign(path, lease_until):
                                 "lease_until": lease_until}))
 
 
+@FAULT
 def test_lease_decides_for_a_run_on_another_host(tmp_path):
     _foreign(tmp_path / lock.LOCK_FILE, time.time() + 600)  # a live lease elsewhere: refused
     with pytest.raises(lock.LockError, match="in use by another mrgen run"):
@@ -63,6 +69,7 @@ def test_lease_decides_for_a_run_on_another_host(tmp_path):
     assert len(said) == 1 and "lease expired" in said[0]
 
 
+@FAULT
 def test_lock_is_reentrant_and_renewed(tmp_path, monkeypatch):
     monkeypatch.setenv("MRGEN_LOCK_LEASE_S", "0.3")
     with lock.hold(tmp_path):
