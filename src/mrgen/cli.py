@@ -118,8 +118,11 @@ def check_workdir(cfg: C.Config, creates: bool) -> None:
         return
     if not wd.is_dir():
         raise C.ConfigError(f"run folder {wd} is a file, not a folder; give a folder with -w")
+    from mrgen import io, lock
+
     markers = ["config.yaml", "stages.json"] + sorted({Path(s.output).parts[0] for s in contract.stages(cfg)})
-    if not any((wd / m).exists() for m in markers) and any(wd.iterdir()):
+    # a run killed at its first write left only its lock and a temp file: still mrgen's
+    if not any((wd / m).exists() for m in markers + [lock.LOCK_FILE]) and any(not io.is_temp(p) for p in wd.iterdir()):
         raise C.ConfigError(f"{wd} is not an mrgen run folder (none of {', '.join(markers)}) and not empty; mrgen "
                             f"would write its stage folders among your files. Give a new or empty folder with -w")
 

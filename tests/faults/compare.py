@@ -59,13 +59,22 @@ def _npz(p: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def differences(wd: Path, ref: Path) -> list[str]:
+TEXT = (".json", ".jsonl", ".yaml", ".md", ".csv", ".txt")
+
+
+def differences(wd: Path, ref: Path, roots: tuple | None = None) -> list[str]:
     """Where ``wd`` differs from the reference run ``ref`` (empty: identical results).
 
-    Byte level: weights, checkpoints, curated arrays, exported images, every JSON artefact but the lock.
-    Content level: npz members (the zip records write times), the index rows, provenance records (as a
-    set, with no duplicate), train logs without their clock fields.
+    Byte level: weights, checkpoints, curated arrays, images; text artefacts (JSON, YAML, report) too, once the
+    run folder's own path is replaced by ``<run>`` (config.yaml and curate.json record it). Content level: npz
+    members (the zip records write times), the index rows, provenance records (as a set, with no duplicate),
+    train logs without their clock fields. ``roots``: the two run folders when ``wd``/``ref`` are subfolders.
     """
+    root = dict(zip((wd, ref), roots or (wd, ref)))
+
+    def text(p: Path, top: Path) -> str:
+        return p.read_text().replace(str(root[top]), "<run>")
+
     out = []
     ref_files = {p.relative_to(ref) for p in ref.rglob("*") if p.is_file()}
     got_files = {p.relative_to(wd) for p in wd.rglob("*") if p.is_file()}
@@ -78,13 +87,17 @@ def differences(wd: Path, ref: Path) -> list[str]:
         if name == "train_log.jsonl":
             same = _log(a) == _log(b)
         elif name.endswith(".jsonl"):
-            la, lb = a.read_text().splitlines(), b.read_text().splitlines()
+            la, lb = text(a, wd).splitlines(), text(b, ref).splitlines()
             same = sorted(la) == sorted(lb) and len(set(la)) == len(la)
+        elif name.endswith(TEXT):
+            same = text(a, wd) == text(b, ref)
         elif name.endswith(".npz"):
             za, zb = _npz(a), _npz(b)
             same = za.keys() == zb.keys() and all(np.array_equal(za[k], zb[k]) for k in za)
         elif name.endswith(".parquet"):
-            same = Index(a).table.equals(Index(b).table)
+            rows = [json.dumps(Index(p).table.to_pylist(), sort_keys=True).replace(str(root[r]), "<run>")
+                    for p, r in ((a, wd), (b, ref))]
+            same = rows[0] == rows[1]
         else:
             same = a.read_bytes() == b.read_bytes()
         if not same:

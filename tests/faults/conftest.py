@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from fault_helpers import mrgen_offline
@@ -61,14 +62,23 @@ def fault_report():
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """``(run folder, seconds, write log records, start time, network attempts log)`` of an uninterrupted tiny run
-    with sockets blocked (test_network.py checks it made no attempt); copy it to modify."""
-    base = tmp_path_factory.mktemp("reference")
-    wd, log, net = base / "run", base / "writes.jsonl", base / "network.log"
-    t0 = time.time()
-    res = mrgen_offline("run", "--preset", "tiny", "-w", str(wd), net_log=net, MRGEN_FAULT_LOG=str(log))
-    assert res.returncode == 0, res.stderr[-3000:]
-    recs = [json.loads(ln) for ln in log.read_text().splitlines()]
-    return wd, time.time() - t0, recs, t0, net
+    with sockets blocked (test_network.py checks it made no attempt); copy it to modify.
+
+    ``MRGEN_FAULT_REFERENCE=folder``: make it there once and reuse it in later sessions (while developing).
+    """
+    keep = os.environ.get("MRGEN_FAULT_REFERENCE")
+    base = Path(keep) if keep else tmp_path_factory.mktemp("reference")
+    wd, log, net, done = base / "run", base / "writes.jsonl", base / "network.log", base / "reference.json"
+    if not done.exists():
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        t0 = time.time()
+        res = mrgen_offline("run", "--preset", "tiny", "-w", str(wd), net_log=net, MRGEN_FAULT_LOG=str(log))
+        assert res.returncode == 0, res.stderr[-3000:]
+        done.write_text(json.dumps({"t0": t0, "seconds": time.time() - t0}))
+    rec = json.loads(done.read_text())
+    writes = [json.loads(ln) for ln in log.read_text().splitlines()]
+    return wd, rec["seconds"], writes, rec["t0"], net
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def env(**extra: str) -> dict:
     return e
 
 
-def mrgen(*args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
+def mrgen(*args: str, timeout: float = 1800, **extra: str) -> subprocess.CompletedProcess:
     """``mrgen ARGS`` in a fresh interpreter; returns the finished process (stdout, stderr as text)."""
     return subprocess.run([sys.executable, "-m", "mrgen.cli", *args], env=env(**extra), capture_output=True,
                           text=True, timeout=timeout)

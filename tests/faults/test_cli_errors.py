@@ -68,3 +68,16 @@ def test_run_folder_of_another_schema_version(tmp_path, schema, needle):
     (tmp_path / "stages.json").write_text(json.dumps({"schema": schema, "stages": {}}))
     _fails(["run", "-p", "tiny", "-w", str(tmp_path)], f"{tmp_path / 'stages.json'} has", needle,
            f"rm {tmp_path / 'stages.json'}")
+
+
+@FAULT
+def test_a_folder_left_by_a_run_killed_at_its_first_write_is_mrgens(tmp_path):
+    from mrgen import config as C
+    from mrgen.cli import check_workdir
+
+    cfg = C.load_config("tiny", overrides=[f"run.workdir={tmp_path}"])
+    (tmp_path / ".config.yaml.x1y2.tmp.yaml").write_text("pre")  # the temp file of its first atomic write
+    check_workdir(cfg, creates=True)  # a temp file alone: not foreign
+    (tmp_path / ".mrgen.lock").write_text("{}")
+    (tmp_path / "notes.txt").write_text("")
+    check_workdir(cfg, creates=True)  # its lock marks the folder as a run folder
