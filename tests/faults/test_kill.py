@@ -18,13 +18,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from compare import differences, validate_tree
 from fault_helpers import env, mrgen
 
-STRIDE = 4  # writes between two kills of a chain (a tiny run makes about 130 atomic writes)
+STRIDE = 5  # writes between two kills of a chain: a tiny run makes 135 atomic writes, so ~27 kills per chain
 TIMED_STAGES = ("curate", "autoencoder", "ldm", "synthesize", "filter", "segment", "evaluate")
 
 
