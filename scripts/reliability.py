@@ -40,10 +40,14 @@ NOTES = """
   deleted when the next run takes the folder's lock. Append-only logs (`train_log.jsonl`, curate's
   `.progress.jsonl`) drop a line cut by a kill when they are read.
 - **Kill anywhere.** After every kill the finished files all read completely, the rerun of the same command does
-  not fail, and the final run folder equals an uninterrupted run: weights, checkpoints, curated arrays, exported
-  images, stages.json and every JSON byte for byte; npz members, index rows and train logs (without their clock
-  fields) by content; `provenance.jsonl` as a set of records with no duplicate. No tolerance is needed: on a CPU
-  the tiny chain is deterministic (training reseeds every step; sampling seeds every candidate).
+  not fail, and the final run folder equals an uninterrupted run: curated arrays, exported images, stages.json and
+  every JSON byte for byte; safetensors (weights, checkpoints) by tensors and metadata; npz members, index rows and
+  train logs (without their clock fields) by content; `provenance.jsonl` as a set of records with no duplicate.
+  No numeric tolerance: on a CPU the tiny chain is deterministic (training reseeds every step; sampling seeds
+  every candidate). Open: `filter/kept.json`, `parts/*.json` and `scores.jsonl` record each candidate file's
+  sha (`file_hash`), and `np.savez` stamps the write time into the zip, so those three differ between ANY two
+  runs (found by a kill in autoencoder on 2026-12-02: weights identical, those files not) until synthesize writes
+  its npz with a fixed zip time.
 - **Corrupt files** are refused where they are read: weights by the sha256 in `model.json`, checkpoints by a
   sha256 of their tensors, the curated index by a hash of its rows (and parquet page checksums), curated arrays
   by the hashes in `curate.json`, candidates by their zip CRCs, JSON artefacts by parsing and their `schema`.

@@ -26,9 +26,10 @@ def save_state(folder: Path, tensors: dict, info: dict) -> None:
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     info = {"schema": SCHEMA, **info}
-    text = json.dumps(info, default=io._json_default)
+    # one metadata key (safetensors orders several at random: equal states would differ in bytes)
+    text = json.dumps({**info, "sha256": tensors_hash(tensors)}, default=io._json_default)
     with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"state": text, "sha256": tensors_hash(tensors)})
+        save_file(tensors, str(tmp), metadata={"state": text})
     io.write_json(folder / "state.json", info)
 
 
@@ -48,7 +49,8 @@ def load_state(folder: Path) -> tuple[dict, dict] | None:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors' own errors on a truncated/flipped file
         raise io.corrupt(path, exc, fix) from None
-    if meta.get("sha256") and tensors_hash(tensors) != meta["sha256"]:
+    want = info.pop("sha256", None) if isinstance(info, dict) else None
+    if want and tensors_hash(tensors) != want:
         raise io.corrupt(path, "its tensors' sha256 differs from the one it records", fix)
     io.check_schema(info.get("schema") if isinstance(info, dict) else None, path, SCHEMA, fix)
     return tensors, info

@@ -54,6 +54,13 @@ def _log(p: Path) -> list:
     return [{k: v for k, v in json.loads(ln).items() if k not in CLOCK} for ln in p.read_text().splitlines()]
 
 
+def _safetensors(p: Path) -> tuple:
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="numpy") as f:
+        return f.metadata(), {k: f.get_tensor(k).tobytes() for k in sorted(f.keys())}
+
+
 def _npz(p: Path) -> dict:
     with np.load(p, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -94,6 +101,8 @@ def differences(wd: Path, ref: Path, roots: tuple | None = None) -> list[str]:
         elif name.endswith(".npz"):
             za, zb = _npz(a), _npz(b)
             same = za.keys() == zb.keys() and all(np.array_equal(za[k], zb[k]) for k in za)
+        elif name.endswith(".safetensors"):  # tensors and metadata (a file with several keys orders them at random)
+            same = _safetensors(a) == _safetensors(b)
         elif name.endswith(".parquet"):
             rows = [json.dumps(Index(p).table.to_pylist(), sort_keys=True).replace(str(root[r]), "<run>")
                     for p, r in ((a, wd), (b, ref))]
