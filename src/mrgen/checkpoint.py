@@ -17,13 +17,17 @@ import torch
 
 from mrgen import io
 
+SCHEMA = 1  # of the checkpoint info (the ``state`` metadata and state.json)
+
 
 def save_state(folder: Path, tensors: dict, info: dict) -> None:
     """``state.safetensors`` is the truth (info in its metadata); ``state.json`` is a readable copy."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    text = json.dumps(info, default=io._json_default)
+    info = {"schema": SCHEMA, **info}
+    # one metadata key (safetensors orders several at random: equal states would differ in bytes)
+    text = json.dumps({**info, "sha256": tensors_hash(tensors)}, default=io._json_default)
     with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"state": text})
     io.write_json(folder / "state.json", info)
@@ -36,10 +40,32 @@ def load_state(folder: Path) -> tuple[dict, dict] | None:
     path = folder / "state.safetensors"
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    fix = (f"delete {folder} and rerun: the stage trains again from step 0 (its finished model, if any, is "
+           f"in {folder.parent})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            info = json.loads(meta["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own errors on a truncated/flipped file
+        raise io.corrupt(path, exc, fix) from None
+    want = info.pop("sha256", None) if isinstance(info, dict) else None
+    if want and tensors_hash(tensors) != want:
+        raise io.corrupt(path, "its tensors' sha256 differs from the one it records", fix)
+    io.check_schema(info.get("schema") if isinstance(info, dict) else None, path, SCHEMA, fix)
     return tensors, info
+
+
+def tensors_hash(tensors: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -72,22 +72,63 @@ def _cfg(preset: Optional[str], config: Optional[str], workdir: Optional[str], o
     if dry:
         typer.echo(C.dump(cfg))
         raise typer.Exit(0)
-    C.save_resolved(cfg, cfg.workdir)
     return cfg
 
 
-def _call(module: str, fn: str, *args, **kwargs):
-    """Import a stage lazily (keeps ``mrgen --help`` fast) and turn known errors into one clear line."""
+def _call(module: str, fn: str, *args, locked: C.Config | None = None, **kwargs):
+    """Import a stage lazily (keeps ``mrgen --help`` fast) and turn known errors into one clear line.
+
+    ``locked``: hold that config's run folder lock (:mod:`mrgen.lock`) and save the resolved config under it.
+    """
+    from contextlib import nullcontext
+
+    from mrgen import lock
+
     try:
         mod = importlib.import_module(module)
-        return getattr(mod, fn)(*args, **kwargs)
+        with lock.hold(locked.workdir) if locked is not None else nullcontext():
+            if locked is not None:
+                C.save_resolved(locked, locked.workdir)
+            return getattr(mod, fn)(*args, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # our error classes subclass ValueError
         name = type(exc).__name__
         console.print(f"[bold red]error[/] ({name}): {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # a full disk outside the atomic writers (an appended log): the same one line
+        from mrgen import io
+
+        if not io.is_disk_full(exc):
+            raise
+        where = locked.workdir if locked is not None else Path.cwd()
+        console.print(f"[bold red]error[/] (DiskFullError): disk full ({exc}) while writing below {where}; free space "
+                      "there, then rerun the same command: every file written before is intact and the stage resumes",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
-def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app):
+def check_workdir(cfg: C.Config, creates: bool) -> None:
+    """Refuse a run folder that is missing (for a stage reading earlier stages) or foreign: not empty and holding
+    none of mrgen's files (``config.yaml``, ``stages.json``, a stage folder such as ``curated/``)."""
+    from mrgen import contract
+
+    wd = cfg.workdir
+    if not wd.exists():
+        if not creates:
+            raise C.ConfigError(f"run folder {wd} does not exist; check -w/run.workdir, or start the run with "
+                                f"`mrgen run -w {wd}` (or `mrgen phantom` / `mrgen curate`)")
+        return
+    if not wd.is_dir():
+        raise C.ConfigError(f"run folder {wd} is a file, not a folder; give a folder with -w")
+    from mrgen import io, lock
+
+    markers = ["config.yaml", "stages.json"] + sorted({Path(s.output).parts[0] for s in contract.stages(cfg)})
+    # a run killed at its first write left only its lock and a temp file: still mrgen's
+    if not any((wd / m).exists() for m in markers + [lock.LOCK_FILE]) and any(not io.is_temp(p) for p in wd.iterdir()):
+        raise C.ConfigError(f"{wd} is not an mrgen run folder (none of {', '.join(markers)}) and not empty; mrgen "
+                            f"would write its stage folders among your files. Give a new or empty folder with -w")
+
+
+def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app, creates: bool = False):
     def command(
         overrides: Optional[List[str]] = OverArg,
         preset: str = PresetOpt,
@@ -97,10 +138,11 @@ def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer
     ):
         try:
             cfg = _cfg(preset, config, workdir, overrides, dry_run)
+            check_workdir(cfg, creates)
         except C.ConfigError as exc:
             console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        result = _call(module, fn, cfg)
+        result = _call(module, fn, cfg, locked=cfg)
         if result is not None:
             console.print(result if isinstance(result, str) else _summary(result))
 
@@ -114,10 +156,10 @@ def _summary(result) -> str:
     return str(result)
 
 
-_stage("phantom", "mrgen.phantom", doc=(
+_stage("phantom", "mrgen.phantom", creates=True, doc=(
     "Write the built-in physics phantom (NIfTI images per modality, label masks, a curate manifest).\n\n"
     "Example: `mrgen phantom --preset cpu phantom.layout=brain phantom.modalities=[T1,T2,FLAIR]`"))
-_stage("curate", "mrgen.curate", doc=(
+_stage("curate", "mrgen.curate", creates=True, doc=(
     "Curate NIfTI/DICOM/PNG data from a manifest into a Parquet slice/volume index plus normalised arrays.\n\n"
     "Example: `mrgen curate curate.manifest=examples/brats2013.yaml -w runs/brats`"))
 _stage("autoencoder", "mrgen.autoencoder", parent=train_app, doc=(
@@ -156,13 +198,13 @@ _stage("segmenter", "mrgen.evaluate", fn="run", parent=evaluate_app, doc=(
 _stage("autoencoder", "mrgen.autoencoder", fn="evaluate", parent=evaluate_app, doc=(
     "PSNR, SSIM, L1, MSE of autoencoder reconstructions on the test split.\n\nExample: `mrgen evaluate autoencoder -w runs/demo`"))
 app.add_typer(evaluate_app, name="evaluate")
-_stage("morph", "mrgen.morph", fn="morph_files", doc=(
+_stage("morph", "mrgen.morph", fn="morph_files", creates=True, doc=(
     "Edit label maps from a YAML recipe (dilate/erode/scale/remove/grow/remap, in mm, under constraints).\n\n"
     "Example: `mrgen morph morph.recipe=ventriculomegaly morph.inputs='labels/*.nii.gz'`"))
-_stage("run", "mrgen.pipeline", fn="cli_run", doc=(
+_stage("run", "mrgen.pipeline", fn="cli_run", creates=True, doc=(
     "Run the whole chain, skipping stages whose outputs are current, and write a report.\n\n"
     "Example: `mrgen run --config examples/brats_flair_to_t1c.yaml`"))
-_stage("demo", "mrgen.pipeline", fn="demo", doc=(
+_stage("demo", "mrgen.pipeline", fn="demo", creates=True, doc=(
     "The whole chain on the built-in phantom (T1 masks annotated, T2 unannotated), cpu preset, ≤ 20 min on 2 cores.\n\n"
     "Example: `mrgen demo` (or `mrgen demo --preset tiny` for a seconds-long smoke run)"))
 

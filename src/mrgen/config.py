@@ -497,10 +497,10 @@ def dump(cfg: Config) -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
+    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file (unchanged text: untouched)."""
     from mrgen.io import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_if_same=True) as tmp:
         tmp.write_text(text)
 
 

@@ -1,7 +1,11 @@
 """The only code that reads and writes image files (NIfTI, DICOM series, PNG) and arrays.
 
 Every writer is atomic (temp file in the same folder, then ``os.replace``), so an
-interrupted run never leaves half a file behind and a rerun can trust what exists.
+interrupted run never leaves half a file behind and a rerun can trust what exists. Every
+rename goes through :func:`_commit`, the fault-injection point of ``tests/faults``
+(``MRGEN_FAULT_KILL_AT=k[:before|:after]`` SIGKILLs the process at its k-th atomic write,
+before or after the rename). A full disk raises :class:`DiskFullError` naming the file; the
+temp file is removed and the previous version of the file stays.
 
 Arrays returned by :func:`read_image` are in RAS+ canonical orientation, indexed
 ``(x, y, z)`` with ``spacing`` in mm for each axis.
@@ -9,10 +13,13 @@ Arrays returned by :func:`read_image` are in RAS+ canonical orientation, indexed
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,21 +43,102 @@ class Image:
     axes: tuple = (0, 1, 2)  # voxel axis of the file (0 = i, 1 = j, 2 = k) that became each canonical axis
 
 
-@contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sfx = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{sfx}")
-    os.close(fd)
+class DiskFullError(OSError, ValueError):
+    """No space left on the device while writing a file; the message names the file and the fix."""
+
+
+TMP_MARK = ".tmp"  # every temp file is ``.<name>.<random>.tmp<suffix>`` beside its target
+
+
+_writes = 0  # atomic writes committed by this process (the fault hook counts them)
+
+
+def _fault(moment: str, path: Path) -> None:
+    """The fault hook of tests/faults. ``MRGEN_FAULT_KILL_AT=k[:before|:after]``: SIGKILL this process at its
+    k-th atomic write; ``MRGEN_FAULT_LOG=file``: append ``{"k", "moment", "path", "time"}`` of every write (and of
+    the kill) to ``file``."""
+    log, spec = os.environ.get("MRGEN_FAULT_LOG"), os.environ.get("MRGEN_FAULT_KILL_AT")
+    if not (log or spec):
+        return
+    k, _, when = (spec or "").partition(":")
+    kill = bool(spec) and _writes == int(k) and (when or "before") == moment
+    if log and (moment == "before" or kill):
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"k": _writes, "moment": moment, "path": str(path), "time": time.time(),
+                                 "kill": kill}) + "\n")
+    if kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _commit(tmp: str | Path, path: Path) -> None:
+    """The one rename of every atomic writer."""
+    global _writes
+    _writes += 1
+    _fault("before", path)
+    _public(tmp)
+    os.replace(tmp, path)
+    _fault("after", path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the device is full (an OSError with ENOSPC, or a library's wrapped "No space left")."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
     try:
+        import shutil
+
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"disk full while writing {path} ({free} on the file system of {path.parent}); "
+                         f"free space there (or move the run folder with -w), then rerun the same command: every file "
+                         f"written before is intact and the stage resumes")
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None, keep_if_same: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path``.
+
+    ``keep_if_same``: leave ``path`` untouched (mtime too) when the new bytes equal it.
+    A full disk raises :class:`DiskFullError` (the temp file is removed, ``path`` keeps its old content).
+    """
+    path = Path(path)
+    sfx = suffix if suffix is not None else "".join(path.suffixes)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f"{TMP_MARK}{sfx}")
+        os.close(fd)
         yield Path(tmp)
-        _public(tmp)
-        os.replace(tmp, path)
+        if not (keep_if_same and path.exists() and file_hash(tmp) == file_hash(path)):
+            _commit(tmp, path)
+    except DiskFullError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - writers (numpy, pyarrow, safetensors) word a full disk differently
+        if is_disk_full(exc):
+            raise _disk_full(path, exc) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def is_temp(path: str | Path) -> bool:
+    """A temp file of :func:`atomic_path` (``.<name>.<random>.tmp<suffix>``), never a finished artefact."""
+    name = Path(path).name
+    return name.startswith(".") and TMP_MARK in name
+
+
+def sweep_temp(folder: str | Path) -> list[Path]:
+    """Delete the temp files a killed run left below ``folder`` (call it holding the folder's lock); returns them."""
+    gone = []
+    for p in Path(folder).rglob(".*"):
+        if is_temp(p) and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def _umask() -> int:
@@ -98,13 +186,62 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
+class ArtefactError(ValueError):
+    """A file mrgen wrote cannot be used: corrupt, truncated, or of a schema this mrgen does not read.
+
+    The message names the file and the fix (usually: delete it and rerun the stage that writes it).
+    """
+
+
+def corrupt(path: str | Path, exc: BaseException | str, fix: str) -> ArtefactError:
+    """The one wording of "this file is damaged": what failed, and ``fix`` (e.g. "delete it and rerun `mrgen curate`")."""
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return ArtefactError(f"{path} is corrupt or truncated ({why}); {fix}")
+
+
+def check_schema(found, path: str | Path, schema: int, fix: str, oldest: int = 1) -> int:
+    """``found`` (a file's ``schema`` value) as an int in ``[oldest, schema]``, else an :class:`ArtefactError`."""
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise ArtefactError(f"{path} has an unknown schema version {found!r} (this mrgen reads {oldest}..{schema}); "
+                            f"it was not written by mrgen or is damaged: {fix}")
+    if found > schema:
+        raise ArtefactError(f"{path} has schema {found}, newer than this mrgen reads (up to {schema}); upgrade mrgen, "
+                            f"or {fix}")
+    if found < oldest:
+        raise ArtefactError(f"{path} has schema {found}, older than this mrgen reads (from {oldest}); {fix}")
+    return found
+
+
+def read_versioned(path: str | Path, schema: int, fix: str, oldest: int = 1, missing: int | None = None) -> dict:
+    """The JSON object in ``path`` (a versioned artefact: ``{"schema": N, ...}``) after checking N.
+
+    ``fix``: what the user does when it cannot be read (e.g. "delete it and rerun `mrgen filter`");
+    ``missing``: the version of a file without ``schema`` (written before versioning; ``None``: refuse).
+    Raises :class:`ArtefactError` for unparsable JSON, a non-object, or a version outside ``[oldest, schema]``.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise corrupt(path, exc, fix) from None
+    if not isinstance(raw, dict):
+        raise corrupt(path, f"expected a JSON object, found {type(raw).__name__}", fix)
+    check_schema(raw.get("schema", missing), path, schema, fix, oldest)
+    return raw
+
+
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
 
 
-def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+def load_npy(path: str | Path, mmap: bool = True, fix: str = "delete it and rerun the stage that wrote it") -> np.ndarray:
+    """An array saved by :func:`save_npy`; a truncated or damaged header is an :class:`ArtefactError` with ``fix``."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError) as exc:
+        raise corrupt(path, exc, fix) from None
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:

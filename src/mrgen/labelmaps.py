@@ -47,10 +47,7 @@ def load_labels(path: str | Path) -> dict:
             raise ValueError(f"{path} is not a label map (it needs 'mask' and 'meta', has {sorted(z.files)}); "
                              "remove it and rerun the stage that writes that folder (labelgen or morph)")
         meta = json.loads(str(z["meta"]))
-        schema = meta.get("schema", 1)
-        if not isinstance(schema, int) or schema > SCHEMA:
-            raise ValueError(f"{path} is a label map of schema {schema!r}, newer than this mrgen reads (up to {SCHEMA}); "
-                             "upgrade mrgen, or remove the file and rerun the stage that wrote it")
+        io.check_schema(meta.get("schema", 1), path, SCHEMA, "remove the file and rerun the stage that wrote it")
         return {"mask": z["mask"].astype(np.int64), "meta": meta}
 
 

@@ -33,12 +33,16 @@ def read_kept(workdir: str | Path) -> dict:
     path = kept_file(workdir)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `mrgen filter -w {Path(workdir)}` first")
-    raw = io.read_json(path)
+    fix = f"delete it and rerun `mrgen filter -w {Path(workdir)}` (scores already computed are reused)"
+    try:
+        raw = io.read_json(path)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise io.corrupt(path, exc, fix) from None
     if isinstance(raw, dict) and "kept" in raw:
-        schema = int(raw.get("schema", KEPT_SCHEMA))
-        if schema > KEPT_SCHEMA:
-            raise ValueError(f"{path} has schema {schema}, newer than this mrgen reads ({KEPT_SCHEMA}); upgrade mrgen "
-                             f"or rerun `mrgen filter -w {Path(workdir)}`")
+        io.check_schema(raw.get("schema", KEPT_SCHEMA), path, KEPT_SCHEMA, fix)
+        if not isinstance(raw["kept"], list) or not all(isinstance(k, dict) and {"key", "candidate"} <= set(k)
+                                                        for k in raw["kept"]):
+            raise io.corrupt(path, "'kept' must be a list of {key, candidate} records", fix)
         return raw
     if isinstance(raw, dict):  # schema 0: {key: [candidates]}
         records = [{"key": k, "candidate": int(c)} for k, cs in raw.items() for c in cs]

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from mrgen import config as C
-from mrgen import contract, io
+from mrgen import contract, io, lock
 
 STAGES_FILE = "stages.json"
 SCHEMA = 2
@@ -40,8 +40,9 @@ def read_stages(workdir) -> dict:
     path = workdir / STAGES_FILE
     if not path.exists():
         return {}
-    raw = io.read_json(path)
-    if isinstance(raw, dict) and raw.get("schema") == SCHEMA:
+    fix = f"delete it to re-run every stage (finished training resumes from its checkpoints): rm {path}"
+    raw = io.read_versioned(path, SCHEMA, fix, missing=1)
+    if raw.get("schema", 1) == SCHEMA:
         return dict(raw.get("stages", {}))
     # schema 1 ({stage: stamp}) stamped other inputs: every recorded stage counts as changed, so its
     # folder is moved aside (not reused by a stage that skips finished items, such as synthesize)
@@ -81,8 +82,12 @@ def run(cfg: C.Config, only: tuple | None = None, provided: tuple = (), meter: C
 
     console = Console(stderr=True)
     say = log or _print(console)
+    with lock.hold(cfg.workdir, say):
+        return _run(cfg, only, provided, meter, log, say, console)
+
+
+def _run(cfg, only, provided, meter, log, say, console) -> dict:
     wd = cfg.workdir
-    wd.mkdir(parents=True, exist_ok=True)
     C.save_resolved(cfg, wd)
     done = read_stages(wd)
     fns = _functions()

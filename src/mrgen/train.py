@@ -251,7 +251,7 @@ class _Loop:
         if self.main:  # drop log lines past the checkpoint so a resumed log equals an uninterrupted one
             job.out.mkdir(parents=True, exist_ok=True)
             old = self.log_path.read_text().splitlines() if self.log_path.exists() else []
-            kept = [ln for ln in old if json.loads(ln)["step"] <= start]
+            kept = [ln for ln in old if _logged_step(ln) <= start]
             with io.atomic_path(self.log_path) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in kept))
         return start
@@ -295,7 +295,7 @@ class _Loop:
         rt, rinfo = rng_state()
         tensors.update(ot)
         tensors.update(rt)
-        info = {"schema": 1, "stage": job.stage, "step": step, "fingerprint": self.fp,
+        info = {"stage": job.stage, "step": step, "fingerprint": self.fp,
                 "data_hash": job.meta.get("data_hash", ""), "config": job.meta.get("config", {}),
                 "world": self.world, "optim": oinfo, "rng": rinfo}
         save_state(self.ckpt, tensors, info)
@@ -342,6 +342,14 @@ class _Loop:
         self.swap_ema()
 
 
+def _logged_step(line: str) -> float:
+    """The step of a train_log line; a line cut short by a kill counts as past any checkpoint (it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def fit(job: Job) -> dict:
     """Train ``job.modules[job.trainable]`` for ``job.tcfg.steps`` steps and export them (EMA weights).
 
@@ -355,7 +363,9 @@ def fit(job: Job) -> dict:
     fp = fingerprint(stage, job.meta, tcfg)
     done = job.out / next(iter(job.export.values()))[0] / "model.json"
     if done.exists():
-        old = io.read_json(done)
+        from mrgen.nets.store import read_meta
+
+        old = read_meta(done.parent)
         if old.get("fingerprint") == fp and old.get("step") == tcfg.steps:
             return {"stage": stage, "step": old["step"], "skipped": True, "out": str(job.out)}
 

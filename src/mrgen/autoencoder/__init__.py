@@ -85,7 +85,9 @@ def run(cfg: Config) -> dict:
             "modalities": sorted({r["modality"] for r in rows})}
     res = train.fit(train.Job(STAGE, cfg.workdir / STAGE, {"autoencoder": ae}, ["autoencoder"], batch_fn, loss_fn,
                               tcfg, meta, preview=preview_fn, finalize=finalize, device=cfg.run.device))
-    res["scale_factor"] = io.read_json(cfg.workdir / STAGE / "model.json")["scale_factor"]
+    from mrgen.nets.store import read_meta
+
+    res["scale_factor"] = read_meta(cfg.workdir / STAGE)["scale_factor"]
     return res
 
 
@@ -133,7 +135,7 @@ def evaluate(cfg: Config) -> dict:
             per.setdefault(rows[j]["modality"], []).append(rec)
     allrec = [r for recs in per.values() for r in recs]
     mean = lambda recs, k: float(np.mean([r[k] for r in recs]))  # noqa: E731
-    out = {k: mean(allrec, k) for k in ("psnr", "ssim", "l1", "mse")}
+    out = {"schema": 1, **{k: mean(allrec, k) for k in ("psnr", "ssim", "l1", "mse")}}
     out.update({"items": len(allrec), "range": "[0, 1] (images mapped from [-1, 1]); PSNR data range 1",
                 "per_modality": {m: {k: mean(r, k) for k in ("psnr", "ssim", "l1", "mse")} | {"items": len(r)}
                                  for m, r in sorted(per.items())},

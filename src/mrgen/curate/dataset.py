@@ -7,6 +7,10 @@ removed; every stage that trains on or renders from curated rows goes through it
 :func:`load_image` / :func:`load_mask` give the stored arrays: slice rows ``(1, H, W)`` images and
 ``(H, W)`` masks, volume rows ``(1, Z, H, W)`` and ``(Z, H, W)``. Images are float32 in [-1, 1];
 masks int64 (zeros when unannotated). Imports no stage package.
+
+Each array file is checked once per process against the content hash ``curate.json`` records for
+it (``image_hash`` / ``mask_hash_stored``): a damaged array is an error naming the file and the fix,
+never silently trained on.
 """
 
 from __future__ import annotations
@@ -28,9 +32,51 @@ def _is_slice(row: dict) -> bool:
     return row.get("kind", "slice" if int(row.get("slice", -1)) >= 0 else "volume") == "slice"
 
 
+_checked: set = set()  # (path, size, mtime) of array files whose hash matched curate.json
+_hash_cache: dict = {}  # the hashes of the last curate.json read, with its (path, size, mtime)
+
+
+def _recorded_hashes(curated: Path) -> dict:
+    """``{array path relative to curated/: content hash}`` from ``curate.json`` (empty when it records none)."""
+    path = curated / "curate.json"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if _hash_cache.get("key") != key:
+        try:
+            vols = io.read_json(path).get("volumes", {})
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise io.corrupt(path, exc, f"delete it and rerun `mrgen curate -w {curated.parent}`") from None
+        out = {}
+        for rec in vols.values() if isinstance(vols, dict) else ():
+            for rel, h in ((rec.get("image"), rec.get("image_hash")), (rec.get("mask"), rec.get("mask_hash_stored"))):
+                if rel and h:
+                    out[rel] = h
+        _hash_cache.update(key=key, hashes=out)
+    return _hash_cache["hashes"]
+
+
+def load_array(root: str | Path, rel: str) -> np.ndarray:
+    """The memory-mapped curated array ``rel``, its content checked once per process against ``curate.json``."""
+    curated = _root(root)
+    path = curated / rel
+    fix = f"delete it and rerun `mrgen curate -w {curated.parent}` (only that volume is curated again)"
+    arr = io.load_npy(path, mmap=True, fix=fix)
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _checked:
+        expect = _recorded_hashes(curated).get(rel)
+        if expect and io.array_hash(arr) != expect:
+            raise io.corrupt(path, "its content hash differs from the one curate.json records", fix)
+        _checked.add(key)
+    return arr
+
+
 def load_image(root: str | Path, row: dict) -> np.ndarray:
     """float32 in [-1, 1]: ``(1, H, W)`` for a slice row, ``(1, Z, H, W)`` for a volume row."""
-    arr = io.load_npy(_root(root) / row["image"], mmap=True)
+    arr = load_array(root, row["image"])
     if _is_slice(row):
         arr = arr[int(row["slice"])]
     return np.asarray(arr, dtype=np.float32)[None]
@@ -40,7 +86,7 @@ def load_mask(root: str | Path, row: dict) -> np.ndarray:
     """int64 labels ``(H, W)`` / ``(Z, H, W)``; zeros when ``row["mask"] == ""`` (unannotated)."""
     if not row.get("mask"):
         return np.zeros(tuple(int(s) for s in row["shape"]), dtype=np.int64)
-    arr = io.load_npy(_root(root) / row["mask"], mmap=True)
+    arr = load_array(root, row["mask"])
     if _is_slice(row):
         arr = arr[int(row["slice"])]
     return np.asarray(arr, dtype=np.int64)

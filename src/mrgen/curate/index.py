@@ -11,8 +11,6 @@ Scalar columns match by equality (a list/tuple value means "any of"); list colum
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,25 +49,28 @@ def write_index(path: str | Path, rows: list[dict]) -> bool:
     """
     path = Path(path)
     table = pa.Table.from_pylist(sorted(rows, key=sort_key), schema=SCHEMA)
-    return replace_if_changed(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression="zstd"))
+    table = table.replace_schema_metadata({HASH_KEY: content_hash(table)})
+    return replace_if_changed(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression="zstd",
+                                                                       write_page_checksum=True))
+
+
+HASH_KEY = "mrgen_content_sha256"  # parquet key-value metadata: the rows' hash, checked on read
+
+
+def content_hash(table: pa.Table) -> str:
+    """sha256 of the table's rows as JSON (independent of how Arrow lays out the buffers)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(table.to_pylist(), sort_keys=True).encode()).hexdigest()
 
 
 def replace_if_changed(path: Path, write) -> bool:
     """Call ``write(tmp)`` on a temp file beside ``path``; rename it onto ``path`` unless identical."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with io.atomic_path(path, suffix=path.suffix, keep_if_same=True) as tmp:
         write(tmp)
-        if path.exists() and io.file_hash(tmp) == io.file_hash(path):
-            return False
-        io._public(tmp)
-        os.replace(tmp, path)
-        return True
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        changed = not (path.exists() and io.file_hash(tmp) == io.file_hash(path))
+    return changed
 
 
 class Index:
@@ -93,12 +94,31 @@ class Index:
     def table(self) -> pa.Table:
         """The whole index as a pyarrow Table (loaded on first use)."""
         if self._table is None:
-            self._table = pq.read_table(self.path)
+            try:  # page checksums (written by write_index) catch flipped bytes; a cut file has no footer
+                table = pq.read_table(self.path, page_checksum_verification=True)
+                want = (table.schema.metadata or {}).get(HASH_KEY.encode())
+                same = want is None or content_hash(table) == want.decode(errors="replace")
+            except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable names or values
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise io.corrupt(self.path, exc, self._fix()) from None
+            if not same:
+                raise io.corrupt(self.path, "its rows' sha256 differs from the one it records", self._fix())
+            self._table = table
         return self._table
+
+    def _fix(self) -> str:
+        wd = self.path.parent.parent
+        return f"delete it and rerun `mrgen curate -w {wd}` (the curated arrays are reused)"
 
     @property
     def num_rows(self) -> int:
-        return pq.ParquetFile(self.path).metadata.num_rows
+        try:
+            return pq.ParquetFile(self.path).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise io.corrupt(self.path, exc, self._fix()) from None
 
     def __len__(self) -> int:
         return self.num_rows

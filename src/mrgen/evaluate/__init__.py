@@ -61,7 +61,7 @@ def evaluate_run(cfg, names: list | None = None) -> dict:
         iq = image_quality(cfg)  # FD / KID of kept synthetic vs real target images (axial slices in 3D)
     except (FileNotFoundError, ValueError) as exc:
         iq = {"skipped": str(exc)}
-    io.write_json(wd / "eval" / "image_quality.json", iq)
+    io.write_json(wd / "eval" / "image_quality.json", {"schema": 1, **iq})
     write_report(cfg, summary, iq)
     return summary
 
@@ -73,5 +73,5 @@ def run(cfg) -> dict:
     summary = evaluate_run(cfg, [cfg.segment.name] if one else None)
     iq = io.read_json(wd / "eval" / "image_quality.json")
     out = {name: f"Dice {s['mean_dice']:.3f} ({s['volumes']} volumes) -> {wd / 'eval' / name}" for name, s in summary.items()}
-    out["image_quality"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in iq.items() if k != "features"}
+    out["image_quality"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in iq.items() if k not in ("features", "schema")}
     return out

@@ -86,5 +86,5 @@ def image_quality(cfg, max_images: int | None = None) -> dict:
                 ss.append(ssim(img, ref))
         if ps:
             out.update({"paired": len(ps), "PSNR": float(np.mean(ps)), "SSIM": float(np.mean(ss))})
-    io.write_json(wd / "eval" / "image_quality.json", out)
+    io.write_json(wd / "eval" / "image_quality.json", {"schema": 1, **out})
     return out

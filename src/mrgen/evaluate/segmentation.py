@@ -67,7 +67,7 @@ def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labe
     }
     if summary["mean_dice"] is None:
         summary["mean_dice"] = 0.0
-    io.write_json(out / "results.json", {"summary": summary, "cases": cases})
+    io.write_json(out / "results.json", {"schema": 1, "summary": summary, "cases": cases})
     _write_csv(out / "per_case.csv", cases)
     _write_table(out / "summary.md", summary)
     figures = out / "figures"

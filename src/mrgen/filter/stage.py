@@ -145,7 +145,7 @@ def run(cfg) -> dict:
                 c = load_candidates(f)
                 recs = score_one(c["images"], c["mask"], key, c.get("meta"))
             if not in_place:
-                io.write_json(parts / f"{key}.json", {"scorer": sid, "file_hash": digest, "records": recs})
+                io.write_json(parts / f"{key}.json", {"schema": 1, "scorer": sid, "file_hash": digest, "records": recs})
             all_recs[key] = recs
             bar.advance(task)
     return _select_and_write(cfg, all_recs, sid, files, resumed, t, calibration)

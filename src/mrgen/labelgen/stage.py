@@ -240,6 +240,6 @@ def run(cfg: Config) -> dict:
     gen = generate(cfg)
     stats = statistics(cfg, rows, items)
     fig = figure(cfg, items)
-    io.write_json(_folder(cfg) / "stats.json", stats)
+    io.write_json(_folder(cfg) / "stats.json", {"schema": 1, **stats})
     return {"autoencoder_step": ae.get("step"), "ldm_step": ldm.get("step"), **gen,
             "prompted_organs_present": round(stats["prompted_organs_present"], 3), "figure": str(fig) if fig else ""}

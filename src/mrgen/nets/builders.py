@@ -28,7 +28,7 @@ UNET_ONLY_PREFIXES = ("up_blocks.", "out.")
 CONTROLLER_ONLY_PREFIXES = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
 
 
-class ControllerInitError(RuntimeError):
+class ControllerInitError(ValueError, RuntimeError):
     """The UNet -> controller weight map found an unmapped key or a shape mismatch."""
 
 

@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mrgen.io import atomic_path, read_json, write_json
+from mrgen.io import atomic_path, read_versioned, write_json
 
 SCHEMA = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ValueError, RuntimeError):
     """Saved weights are missing, corrupted or do not fit the module; the message says which."""
 
 
@@ -66,7 +66,8 @@ def read_meta(folder: str | Path) -> dict:
     path = Path(folder) / META
     if not path.exists():
         raise ModelLoadError(f"{path} not found: no complete model saved in {folder} (train that stage first)")
-    return read_json(path)
+    return read_versioned(path, SCHEMA, f"delete {folder} and rerun the stage that trains it (it resumes from its "
+                                        f"checkpoint in {Path(folder) / 'ckpt'} when that is valid)")
 
 
 def load_model(folder: str | Path, module: nn.Module, verify: bool = True, kind: str | None = None) -> dict:
@@ -83,7 +84,7 @@ def load_model(folder: str | Path, module: nn.Module, verify: bool = True, kind:
     if kind is not None and meta.get("kind") != kind:
         raise ModelLoadError(f"{folder} holds a '{meta.get('kind')}' model, expected '{kind}'")
     if verify and meta.get("sha256") and sha256_file(wpath) != meta["sha256"]:
-        raise ModelLoadError(f"{wpath}: sha256 differs from {META}; the file is corrupted or was replaced")
+        raise ModelLoadError(f"{wpath}: sha256 differs from {META}; the file is corrupted or was replaced: delete {folder} and rerun the stage that trains it (it resumes from its checkpoint when that is valid)")
     saved = load_file(str(wpath), device="cpu")
     own = module.state_dict()
     missing = sorted(set(own) - set(saved))

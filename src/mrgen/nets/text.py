@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PAD, UNK, SEP = "<pad>", "<unk>", "<sep>"
 
 
-class TextEncoderError(RuntimeError):
+class TextEncoderError(ValueError, RuntimeError):
     """The text encoder cannot be loaded; the message says how to get its files."""
 
 

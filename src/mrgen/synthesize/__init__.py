@@ -123,9 +123,20 @@ def _write_mask(cfg: Config, gen, row: dict, items: list, out: Path) -> None:
 
 
 def load_candidates(path: str | Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {"images": z["images"].astype(np.float32), "mask": z["mask"].astype(np.int64), "seeds": z["seeds"],
-                "meta": json.loads(str(z["meta"]))}
+    """One candidates file; a truncated or damaged one (zip CRC, missing member) is an ArtefactError with the fix."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"images": z["images"].astype(np.float32), "mask": z["mask"].astype(np.int64), "seeds": z["seeds"],
+                    "meta": json.loads(str(z["meta"]))}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as exc:
+        wd = path.parent.parent.parent
+        raise io.corrupt(path, exc, f"delete it and rerun `mrgen synthesize -w {wd}` (only that mask is rendered "
+                                    f"again, with the same seeds), then `mrgen run` to refresh what follows") from None
 
 
 def rebuild_provenance(workdir: str | Path) -> list[dict]:
