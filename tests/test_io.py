@@ -58,3 +58,21 @@ def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path):
             raise RuntimeError("interrupted")
     assert not (tmp_path / "y.npy").exists() and len(list(tmp_path.iterdir())) == 2
     assert np.array_equal(io.load_npy(tmp_path / "x.npy"), np.ones(3))
+
+
+def test_write_npz_is_byte_identical_for_the_same_arrays_and_numpy_reads_it(tmp_path):
+    import time as _time
+
+    import numpy as np
+
+    from mrgen import io as mio
+
+    arrays = dict(images=np.arange(12, dtype=np.float16).reshape(3, 4), meta=np.array('{"a": 1}'))
+    mio.write_npz(tmp_path / "a.npz", **arrays)
+    _time.sleep(2.1)  # zip timestamps have a 2-s resolution: np.savez would differ now
+    mio.write_npz(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert np.array_equal(z["images"], arrays["images"]) and str(z["meta"]) == '{"a": 1}'
+    mio.write_npz(tmp_path / "c.npz", images=arrays["images"] + 1, meta=arrays["meta"])
+    assert (tmp_path / "c.npz").read_bytes() != (tmp_path / "a.npz").read_bytes()

@@ -97,6 +97,19 @@ def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
                          f"written before is intact and the stage resumes")
 
 
+def write_npz(path: str | Path, **arrays) -> None:
+    """Atomically write ``arrays`` as an uncompressed ``.npz`` that ``numpy.load`` reads, with **fixed** zip
+    timestamps: the same arrays give the same bytes (``np.savez`` stamps the wall time, so the file hash of a
+    rerun's identical candidates would differ)."""
+    import zipfile
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None, keep_if_same: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is renamed onto ``path``.

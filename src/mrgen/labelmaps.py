@@ -35,9 +35,7 @@ def save_labels(path: str | Path, mask: np.ndarray, meta: dict) -> None:
         raise ValueError(f"{path}: label values must lie in 0..255 to be stored as uint8, got "
                          f"[{int(mask.min())}, {int(mask.max())}]; remap the labels (curate keeps them in 1..255)")
     text = json.dumps({**meta, "schema": SCHEMA})
-    with io.atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, mask=mask.astype(np.uint8), meta=np.array(text))
+    io.write_npz(path, mask=mask.astype(np.uint8), meta=np.array(text))
 
 
 def load_labels(path: str | Path) -> dict:

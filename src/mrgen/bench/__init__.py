@@ -73,9 +73,7 @@ def fold_roles(index, cfg: C.Config, fold: S.Fold):
 
 
 def _save_pairs(path: Path, images: list, masks: list) -> None:
-    with io.atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=np.stack(images).astype(np.float16), masks=np.stack(masks).astype(np.uint8))
+    io.write_npz(path, images=np.stack(images).astype(np.float16), masks=np.stack(masks).astype(np.uint8))
 
 
 def load_pairs_file(path: Path) -> tuple[list, list]:

@@ -73,12 +73,11 @@ def evaluate(seg: Path, rows: list, cfg, out_dir: Path, labels: dict, groups: di
     picks = pick_examples([v["gt"] for v in vols], n_examples)
     if picks:
         # 3D models: vol arrays are (Z, X, Y) too, so a slice index works the same way
-        with io.atomic_path(Path(out_dir) / "examples.npz", suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, image=np.stack([vols[v]["image"][z] for v, z in picks]).astype(np.float32),
-                         gt=np.stack([vols[v]["gt"][z] for v, z in picks]).astype(np.uint8),
-                         pred=np.stack([vols[v]["pred"][z] for v, z in picks]).astype(np.uint8),
-                         ids=np.array([f"{vols[v]['key']}/z{z:04d}" for v, z in picks]))
+        io.write_npz(Path(out_dir) / "examples.npz",
+                     image=np.stack([vols[v]["image"][z] for v, z in picks]).astype(np.float32),
+                     gt=np.stack([vols[v]["gt"][z] for v, z in picks]).astype(np.uint8),
+                     pred=np.stack([vols[v]["pred"][z] for v, z in picks]).astype(np.uint8),
+                     ids=np.array([f"{vols[v]['key']}/z{z:04d}" for v, z in picks]))
     return {
         "mean_dice": _mean(s["dice"] for s in per_label.values()) or 0.0,
         "mean_hd95": _mean(s["hd95"] for s in per_label.values()),

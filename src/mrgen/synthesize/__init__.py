@@ -111,15 +111,9 @@ def _write_mask(cfg: Config, gen, row: dict, items: list, out: Path) -> None:
         }
         for c, _, seed, text, _ in items
     ]
-    with io.atomic_path(out / f"{key}.npz", suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                images=np.stack([x[1] for x in items]).astype(np.float16),
-                mask=items[0][4].astype(np.uint8),
-                seeds=np.array([x[2] for x in items], dtype=np.int64),
-                meta=np.array(json.dumps(meta)),
-            )
+    io.write_npz(out / f"{key}.npz", images=np.stack([x[1] for x in items]).astype(np.float16),
+                 mask=items[0][4].astype(np.uint8), seeds=np.array([x[2] for x in items], dtype=np.int64),
+                 meta=np.array(json.dumps(meta)))
 
 
 def load_candidates(path: str | Path) -> dict:
