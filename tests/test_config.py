@@ -55,3 +55,20 @@ def test_config_file_and_resolved_roundtrip(tmp_path):
     path = C.save_resolved(cfg, tmp_path / "run")
     again = C.load_config("tiny", path)
     assert C.to_dict(again) == C.to_dict(cfg)
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/2", "0/0"])
+def test_sample_shard_must_be_auto_or_i_of_n(bad):
+    with pytest.raises(C.ConfigError, match="sample.shard must be auto"):
+        C.load_config("tiny", overrides=[f"sample.shard={bad}"])
+    assert C.load_config("tiny").sample.shard == "auto"
+    assert C.load_config("tiny", overrides=["sample.shard=1/2"]).sample.shard == "1/2"
+
+
+def test_mrgen_run_refuses_a_hand_shard(tmp_path):
+    from mrgen import pipeline
+
+    cfg = C.load_config("tiny", overrides=[f"run.workdir={tmp_path}", "sample.shard=0/2"])
+    with pytest.raises(C.ConfigError, match="leave sample.shard=auto"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "stages.json").exists()

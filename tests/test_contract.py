@@ -109,8 +109,10 @@ def test_declared_reads_cover_every_config_read(tmp_path, monkeypatch, mode):
 
 # ----------------------------------------------------------------------------- the driver with stub stages
 
-# keys whose change alters the list of stages itself (tested by the stage-list tests, not here)
-STRUCTURAL = {"controller.mode", "labelgen.enabled", "sample.masks", "morph.apply_to", "curate.manifest", "run.workdir"}
+# keys whose change alters the list of stages itself (tested by the stage-list tests, not here), and
+# sample.shard, which mrgen run refuses unless auto (tests/test_config.py)
+STRUCTURAL = {"controller.mode", "labelgen.enabled", "sample.masks", "morph.apply_to", "curate.manifest", "run.workdir",
+              "sample.shard"}
 
 
 def _stub_functions(cfg, calls):

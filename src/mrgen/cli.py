@@ -16,6 +16,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from mrgen import config as C
+from mrgen.dist import launched
 
 console = Console(stderr=True)
 
@@ -143,7 +144,7 @@ def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer
             console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         result = _call(module, fn, cfg, locked=cfg)
-        if result is not None:
+        if result is not None and launched()[0] == 0:  # under accelerate launch: process 0 speaks for all
             console.print(result if isinstance(result, str) else _summary(result))
 
     command.__doc__ = doc
@@ -178,7 +179,8 @@ _stage("labelgen", "mrgen.labelgen", doc=(
     "Example: `mrgen labelgen -w runs/demo3d labelgen.count=16 labelgen.encoding=bits`"))
 _stage("synthesize", "mrgen.synthesize", doc=(
     "Render N target-modality candidates per source mask (DDIM + classifier-free guidance), with provenance.\n\n"
-    "Example: `mrgen synthesize -w runs/demo sample.candidates=20 sample.shard=0/4`"))
+    "Example: `mrgen synthesize -w runs/demo sample.candidates=20`; on 4 processes: "
+    "`accelerate launch --multi_gpu --num_processes 4 -m mrgen.cli synthesize -w runs/demo` (docs/scale.md)"))
 _stage("filter", "mrgen.filter", doc=(
     "Score candidates by how well a prompted segmenter recovers each organ; keep the best k per mask.\n\n"
     "Example: `mrgen filter -w runs/demo filter.scorer=classical filter.keep=2`"))

@@ -8,6 +8,7 @@ can be reproduced from its folder alone.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -163,7 +164,9 @@ class SampleCfg:
     # out from the engine's training, the in-domain benchmark); empty = the run's source masks
     subjects: tuple = ()
     seed: int = 0
-    shard: str = "0/1"
+    # auto: the processes of `accelerate launch` / torchrun share the masks (docs/scale.md); i/n: this command
+    # renders shard i of n by hand (under a launcher, its processes share shard i)
+    shard: str = "auto"
 
 
 @dataclass
@@ -414,6 +417,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("sample.masks includes 'generated' but labelgen.enabled is false; set labelgen.enabled=true")
     if "morphed" in cfg.sample.masks and not cfg.morph.recipe:
         raise ConfigError("sample.masks includes 'morphed' but morph.recipe is empty; give a recipe, e.g. morph.recipe=ventriculomegaly")
+    shard = re.fullmatch(r"(\d+)/(\d+)", str(cfg.sample.shard))
+    if cfg.sample.shard != "auto" and not (shard and int(shard[1]) < int(shard[2])):
+        raise ConfigError(f"sample.shard must be auto (the launcher's processes share the work) or i/n with 0 <= i < n "
+                          f"(e.g. 0/4), got '{cfg.sample.shard}'")
+    if cfg.sample.candidates < 1 or cfg.sample.batch_size < 1:
+        raise ConfigError(f"sample.candidates and sample.batch_size must be at least 1, got {cfg.sample.candidates} and "
+                          f"{cfg.sample.batch_size}")
     if cfg.export.format not in ("png", "nifti"):
         raise ConfigError(f"export.format must be 'png' or 'nifti', got '{cfg.export.format}'")
     factor = 2 ** (len(cfg.autoencoder.channels) - 1)

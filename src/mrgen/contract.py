@@ -12,7 +12,7 @@ Two things are derived from that one declaration and from nothing else:
   resumed (``train.fit``'s ``meta["config"]``).
 
 Keys in :data:`NO_EFFECT` never change what a stage writes (where the run folder lives, the
-device, progress and checkpoint cadence), so no stamp holds them: a run folder that is moved
+device, how work is shared between processes, progress and checkpoint cadence), so no stamp holds them: a run folder that is moved
 re-runs nothing. Keys in :data:`RESUMABLE` (training length) change a training stage's stamp
 but not its *identity*: the stage re-runs and resumes from its checkpoint instead of starting
 afresh. This module imports no stage.
@@ -36,7 +36,7 @@ ROLES = ("run.source_modality", "run.target_modality", "run.source_datasets", "r
 # ... and the target-modality test volumes.
 TEST = ("run.target_modality", "run.target_datasets", "run.test_subjects")
 # Keys that change no output of any stage (fnmatch patterns over dotted keys).
-NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "*.train.ckpt_every",
+NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "sample.shard", "*.train.ckpt_every",
              "*.train.preview_every", "*.train.log_every", "*.train.num_workers", "labelgen.*_train.ckpt_every",
              "labelgen.*_train.preview_every", "labelgen.*_train.log_every", "labelgen.*_train.num_workers")
 # Keys that lengthen training: a changed value re-runs the stage, which resumes from its checkpoint.

@@ -110,7 +110,13 @@ def _renew(path: Path, stop: threading.Event) -> None:
 
 @contextmanager
 def hold(workdir: str | Path, say: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold ``<workdir>/.mrgen.lock`` for the block; refuse (LockError) when a live run holds it."""
+    """Hold ``<workdir>/.mrgen.lock`` for the block; refuse (LockError) when a live run holds it. Under
+    ``accelerate launch`` process 0 holds it for every process of the launch (the others pass through)."""
+    from mrgen.dist import launched
+
+    if launched()[0] != 0:
+        yield Path(workdir) / LOCK_FILE
+        return
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     path = wd / LOCK_FILE

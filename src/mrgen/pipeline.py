@@ -8,6 +8,11 @@ its folder moved aside (``<folder>.stale-<identity>``), never deleted; a stage w
 changed (a training stage asked to train longer) re-runs in place and resumes from its
 checkpoint. Training stages resume by themselves, so an interrupted ``mrgen run`` continues where
 it stopped. ``mrgen bench`` drives its engine folders through the same :func:`run`.
+
+Under ``accelerate launch`` every process runs this driver: the training, synthesis, filter,
+segmenter and evaluation stages share their work between the processes themselves
+(:mod:`mrgen.dist`), the other stages (:data:`MAIN_ONLY`) run on process 0 while the others wait,
+and only process 0 writes ``stages.json``, the resolved config and moves stale folders aside.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import time
 from typing import Callable
 
 from mrgen import config as C
-from mrgen import contract, io, lock
+from mrgen import contract, dist, io, lock
 
 STAGES_FILE = "stages.json"
 SCHEMA = 2
+# stages that do not share their work between processes: under a launcher, process 0 runs them alone
+MAIN_ONLY = ("phantom", "curate", "morph", "export")
 
 
 def _functions() -> dict[str, Callable]:
@@ -80,16 +87,25 @@ def run(cfg: C.Config, only: tuple | None = None, provided: tuple = (), meter: C
     """
     from rich.console import Console
 
-    console = Console(stderr=True)
-    say = log or _print(console)
+    if cfg.sample.shard != "auto":
+        raise C.ConfigError(f"sample.shard={cfg.sample.shard} splits `mrgen synthesize` by hand; `mrgen run` renders "
+                            f"every mask (under accelerate launch its processes share them): leave sample.shard=auto")
+    procs = dist.processes(cfg.run.device)
+    console = Console(stderr=True, quiet=not procs.main)
+    say = (log or _print(console)) if procs.main else (lambda text: None)
     with lock.hold(cfg.workdir, say):
-        return _run(cfg, only, provided, meter, log, say, console)
+        return _run(cfg, only, provided, meter, log, say, console, procs)
 
 
-def _run(cfg, only, provided, meter, log, say, console) -> dict:
+def _run(cfg, only, provided, meter, log, say, console, procs) -> dict:
     wd = cfg.workdir
-    C.save_resolved(cfg, wd)
     done = read_stages(wd)
+
+    def prepare():
+        wd.mkdir(parents=True, exist_ok=True)
+        C.save_resolved(cfg, wd)
+
+    procs.on_main(prepare)  # every process has read stages.json before process 0 rewrites it
     fns = _functions()
     ran, skipped = {}, []
     stamps = contract.stamps(cfg)
@@ -107,23 +123,28 @@ def _run(cfg, only, provided, meter, log, say, console) -> dict:
             continue
         if old and old.get("identity") != ident and s.folder and (wd / s.folder).exists():
             aside = wd / f"{s.folder}.stale-{old.get('identity', 'old')}"
-            shutil.rmtree(aside, ignore_errors=True)
-            (wd / s.folder).rename(aside)
+            procs.on_main(lambda: _move_aside(wd / s.folder, aside))
             say(f"[yellow]{s.name}: its inputs changed; old outputs kept in {aside}[/]")
         if log is None:
             console.rule(f"[bold]{s.name}")
+        fn = fns[s.name]
         with meter() as m:
-            result = fns[s.name](cfg)
+            result = procs.on_main(lambda: fn(cfg)) if s.name in MAIN_ONLY else fn(cfg)
         ran[s.name] = m.result()
         say(f"{s.name}: {_brief(result)}  ({ran[s.name].get('wall_s', '?')} s)")
         done[s.name] = {"stamp": stamp, "identity": ident}
-        _write_stages(wd, done)
-    _write_stages(wd, done)
+        procs.on_main(lambda: _write_stages(wd, done))
+    procs.on_main(lambda: _write_stages(wd, done))
     out = {"ran": ran, "skipped": skipped}
     summary_file = wd / "eval" / "summary.json"
     if (only is None or "evaluate" in only) and summary_file.exists():
         out.update(report=str(wd / "report.md"), result=one_line(io.read_json(summary_file)))
     return out
+
+
+def _move_aside(folder, aside) -> None:
+    shutil.rmtree(aside, ignore_errors=True)
+    folder.rename(aside)
 
 
 def _brief(result) -> str:

@@ -69,3 +69,26 @@ def test_rerun_resumes_and_shards_partition(trained):
     assert sorted(r["id"] for s in shards for r in s) == sorted(r["id"] for r in rows)
     with pytest.raises(ValueError, match="i/n"):
         sample.parse_shard("2/2")
+    assert sample.parse_shard("auto") == (0, 1) and sample.parse_shard("1/3") == (1, 3)
+
+
+def test_groups_fill_whole_batches_and_shards_compose():
+    from mrgen.config import load_config
+    from mrgen.dist import Procs
+
+    rows = list(range(10))
+    # lcm(3 candidates, batch 2) = 6 jobs = 2 masks per group; lcm(4, 8) = 8 = 2 masks; lcm(20, 20) = 1 mask
+    assert sample.groups(rows, 3, 2) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert sample.groups(rows, 4, 8) == sample.groups(rows, 3, 2)
+    assert sample.groups(rows[:3], 20, 20) == [[0], [1], [2]]
+    assert sample.groups(rows, 5, 3) == [rows[:3], rows[3:6], rows[6:9], rows[9:]]  # lcm 15 = 3 masks
+
+    def mine(shard, rank, world):
+        cfg = load_config("tiny", overrides=["sample.candidates=3", "sample.batch_size=2", f"sample.shard={shard}"])
+        return [r for g in sample.my_groups(cfg, rows, Procs(rank, world)) for r in g]
+
+    assert mine("auto", 0, 1) == rows
+    assert mine("auto", 0, 2) == [0, 1, 4, 5, 8, 9] and mine("auto", 1, 2) == [2, 3, 6, 7]
+    assert mine("1/2", 0, 1) == [2, 3, 6, 7]
+    # shard 0/2 split over 2 launcher processes: groups 0, 2, 4 -> process 0 takes 0 and 4, process 1 takes 2
+    assert mine("0/2", 0, 2) == [0, 1, 8, 9] and mine("0/2", 1, 2) == [4, 5]

@@ -8,7 +8,7 @@ Public API: :func:`evaluate_segmenter` (reusable for any segmenter folder), :fun
 
 from __future__ import annotations
 
-from mrgen import io
+from mrgen import dist, io
 from mrgen.evaluate.metrics import dice_per_label, frechet_distance, hd95, kid, psnr, ssim
 from mrgen.evaluate.segmentation import evaluate_segmenter
 
@@ -38,7 +38,10 @@ def label_names(workdir) -> dict:
 def evaluate_run(cfg, names: list | None = None) -> dict:
     """Evaluate the segmenters ``segment/<name>`` (default: every trained one) on the run's real target
     test volumes into ``eval/<name>/``; ``eval/summary.json`` (merged with earlier entries unless every
-    segmenter is evaluated), ``eval/image_quality.json`` and ``report.md``. Returns the summary."""
+    segmenter is evaluated), ``eval/image_quality.json`` and ``report.md``. Returns the summary.
+
+    Under ``accelerate launch`` the processes share each segmenter's test volumes; process 0 merges them, computes
+    the image quality and writes the summary and report (:mod:`mrgen.dist`)."""
     from mrgen.curate.index import Index
     from mrgen.report import write_report
     from mrgen.roles import assign
@@ -51,19 +54,23 @@ def evaluate_run(cfg, names: list | None = None) -> dict:
         raise FileNotFoundError(f"no trained segmenter {names or ''} under {seg}; run `mrgen segment train -w {wd}` first")
     rows = assign(Index(wd / "curated" / "index.parquet"), cfg).test
     labels = label_names(wd)
+    procs = dist.processes(cfg.run.device)
     summary = {n: evaluate_segmenter(seg / n, rows, wd / "curated", wd / "eval" / n, labels,
-                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays) for n in todo}
-    path = wd / "eval" / "summary.json"
-    if names and path.exists():
-        summary = {**io.read_json(path), **summary}
-    io.write_json(path, summary)
-    try:
-        iq = image_quality(cfg)  # FD / KID of kept synthetic vs real target images (axial slices in 3D)
-    except (FileNotFoundError, ValueError) as exc:
-        iq = {"skipped": str(exc)}
-    io.write_json(wd / "eval" / "image_quality.json", {"schema": 1, **iq})
-    write_report(cfg, summary, iq)
-    return summary
+                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, procs) for n in todo}
+
+    def finish() -> dict:
+        path = wd / "eval" / "summary.json"
+        merged = {**io.read_json(path), **summary} if names and path.exists() else summary
+        io.write_json(path, merged)
+        try:
+            iq = image_quality(cfg)  # FD / KID of kept synthetic vs real target images (axial slices in 3D)
+        except (FileNotFoundError, ValueError) as exc:
+            iq = {"skipped": str(exc)}
+        io.write_json(wd / "eval" / "image_quality.json", {"schema": 1, **iq})
+        write_report(cfg, merged, iq)
+        return merged
+
+    return procs.on_main(finish)
 
 
 def run(cfg) -> dict:

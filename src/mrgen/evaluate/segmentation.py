@@ -3,6 +3,8 @@
 :func:`evaluate_segmenter` writes into ``out_dir``: ``results.json`` (summary + per case),
 ``per_case.csv``, ``summary.md`` (a table), ``figures/dice_per_label.png`` and
 ``figures/overlays.png``. Reusable for any segmenter folder (source-only, engine, oracle).
+Under a launcher (``procs``, :mod:`mrgen.dist`) each process predicts its share of the volumes and
+process 0 writes the files from every process's cases, in the order one process would.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrgen import io
+from mrgen import dist, io
 from mrgen.evaluate.metrics import dice_per_label, hd95
 
 
@@ -27,26 +29,31 @@ def _clean(x):
 
 
 def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labels: dict, hd_percentile: float = 95.0,
-                       overlays: int = 6) -> dict:
+                       overlays: int = 6, procs: dist.Procs | None = None) -> dict:
     """Predict ``rows`` (test split, with masks) with the segmenter in ``model_folder``; score per volume.
 
     ``labels``: ``{value: name}`` (foreground). Returns the summary dict: ``name, volumes,
     mean_dice, mean_hd95, dice {name: mean}, hd95 {name: mean}, results`` (path of results.json).
     Context labels of the curated run (``curated/context.json``) are not scored and are background
-    in the ground truth (:func:`mrgen.segment.load_rows`).
+    in the ground truth (:func:`mrgen.segment.load_rows`). ``procs``: the processes sharing the volumes
+    (default: this one alone).
     """
     from mrgen.curate.labels import context_values
-    from mrgen.segment import load_segmenter, predict_rows
+    from mrgen.segment import group_volumes, load_segmenter, predict_rows
 
     out = Path(out_dir)
+    procs = procs or dist.Procs()
     model = load_segmenter(model_folder)
     drop = context_values(index_root)
     labels = {int(k): str(v) for k, v in labels.items() if int(k) != 0 and int(k) not in drop}
     rows = [r for r in rows if r.get("has_mask", True)]
     if not rows:
         raise ValueError("evaluate_segmenter: no test rows with masks")
-    cases, samples = [], []
-    for vol in predict_rows(model, rows, index_root):
+    volumes = group_volumes(rows)
+    order = {key: i for i, key in enumerate(volumes)}
+    mine = [r for key in procs.share(list(volumes)) for r in volumes[key]]
+    cases, samples = [], {}
+    for vol in predict_rows(model, mine, index_root):
         d = dice_per_label(vol["pred"], vol["gt"], labels)
         rec = {"volume": vol["key"], "slices": len(vol["ids"]), "spacing_zxy": [round(s, 4) for s in vol["spacing"]]}
         for lab, name in labels.items():
@@ -54,10 +61,22 @@ def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labe
             rec[f"hd95_{name}"] = _clean(hd95(vol["pred"], vol["gt"], lab, vol["spacing"], hd_percentile))
         rec["mean_dice"] = _clean(_nanmean([d[lab] for lab in labels]))
         cases.append(rec)
-        if len(samples) < overlays:
+        if order[vol["key"]] < overlays:  # the first volumes in order, whichever process predicts them
             fg = (vol["gt"] != 0).reshape(len(vol["gt"]), -1).sum(1)
             z = int(np.argmax(fg))
-            samples.append((vol["key"], vol["image"][z], vol["gt"][z], vol["pred"][z]))
+            samples.update({f"{order[vol['key']]}_{k}": vol[k][z] for k in ("image", "gt", "pred")})
+    procs.put(out / ".parts", cases, samples)
+    return procs.on_main(lambda: _write_results(model_folder, out, procs.parts(out / ".parts"), order, labels,
+                                                hd_percentile))
+
+
+def _write_results(model_folder, out: Path, parts: list, order: dict, labels: dict, hd_percentile: float) -> dict:
+    """Process 0: the summary, ``results.json``, the table and the figures from every process's cases."""
+    cases = sorted((c for meta, _ in parts for c in meta), key=lambda c: order[c["volume"]])
+    arrays = {k: v for _, a in parts for k, v in a.items()}
+    keys = list(order)
+    samples = [(keys[i], arrays[f"{i}_image"], arrays[f"{i}_gt"], arrays[f"{i}_pred"])
+               for i in sorted({int(k.split("_")[0]) for k in arrays})]
     per_label = {name: _clean(_nanmean([c[f"dice_{name}"] for c in cases])) for name in labels.values()}
     per_label_hd = {name: _clean(_nanmean([c[f"hd95_{name}"] for c in cases])) for name in labels.values()}
     summary = {

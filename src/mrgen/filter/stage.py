@@ -18,6 +18,10 @@ Reads ``<workdir>/synth/candidates/<key>.npz``; writes ``<workdir>/filter/``:
 
 Selection is recomputed from the cached scores on every run, so changing thresholds is cheap.
 
+Under ``accelerate launch`` each process scores its share of the candidate files into ``parts/``;
+process 0 then calibrates, selects and writes the files above from all parts (:mod:`mrgen.dist`),
+so they are those of one process.
+
 Context labels (conditioning-only, e.g. BraTS ``5: brain``) are scored like any organ by the
 ``classical`` and ``sam2`` scorers: the brain outline is an alignment check of the rendered
 anatomy, under the same ``organ_iou``/``organ_conf`` thresholds, and it enters the means. The
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrgen import io
+from mrgen import dist, io
 from mrgen.filter.scorers import build_scorer, score_any
 from mrgen.filter.select import Thresholds, select_mask
 
@@ -125,18 +129,11 @@ def run(cfg) -> dict:
         scorer = scorer or build_scorer(cfg)  # built only when something is not cached
         return score_candidates(scorer, images, scored_mask(scorer, mask, context), key, meta)
 
-    calibration = None
-    if cfg.filter.thresholds == "calibrated":
-        from mrgen.filter.calibrate import calibrate
-
-        t, calibration = calibrate(cfg, lambda img, m, key: score_one([img], m, key)[0], sid, out, folders)
-    else:
-        t = Thresholds.from_cfg(cfg.filter)
-    all_recs: dict[str, list] = {}
-    resumed = 0
-    with Progress(transient=True) as bar:
+    procs = dist.processes(cfg.run.device)
+    resumed, mine = 0, {}
+    with Progress(transient=True, disable=not procs.main) as bar:
         task = bar.add_task(f"filter ({sid})", total=len(files))
-        for f in files:
+        for f in procs.share(files):  # each process scores its share into parts/
             key, digest = f.stem, io.file_hash(f)
             recs, in_place = _cached_part(folders, key, sid, digest)
             if recs is not None:
@@ -146,9 +143,23 @@ def run(cfg) -> dict:
                 recs = score_one(c["images"], c["mask"], key, c.get("meta"))
             if not in_place:
                 io.write_json(parts / f"{key}.json", {"schema": 1, "scorer": sid, "file_hash": digest, "records": recs})
-            all_recs[key] = recs
-            bar.advance(task)
-    return _select_and_write(cfg, all_recs, sid, files, resumed, t, calibration)
+            mine[key] = recs
+            bar.advance(task, procs.world)
+    resumed = procs.total(resumed)
+
+    def select() -> dict:  # process 0, once every part is written
+        calibration = None
+        if cfg.filter.thresholds == "calibrated":
+            from mrgen.filter.calibrate import calibrate
+
+            t, calibration = calibrate(cfg, lambda img, m, key: score_one([img], m, key)[0], sid, out, folders)
+        else:
+            t = Thresholds.from_cfg(cfg.filter)
+        all_recs = {f.stem: mine[f.stem] if f.stem in mine else io.read_json(parts / f"{f.stem}.json")["records"]
+                    for f in files}
+        return _select_and_write(cfg, all_recs, sid, files, resumed, t, calibration)
+
+    return procs.on_main(select)
 
 
 def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, t: Thresholds,

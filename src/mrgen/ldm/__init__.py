@@ -57,12 +57,6 @@ def ldm_rows(cfg: Config) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _main_state(device: str):
-    from accelerate import PartialState
-
-    return PartialState(cpu=str(device).startswith("cpu"))
-
-
 def keyed_cache(path: Path, tag: str, keys: list[str], compute, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Rows of named tensors for ``keys`` from a safetensors file tagged ``tag``; ``compute(missing_keys)``
     -> ``{name: (len(missing), ...)}`` fills the gaps and the file is rewritten with the union."""
@@ -71,7 +65,9 @@ def keyed_cache(path: Path, tag: str, keys: list[str], compute, device: str = "c
 
     from mrgen import io
 
-    state = _main_state(device)
+    from mrgen.dist import state as process_state
+
+    state = process_state(device)
     have: dict[str, torch.Tensor] = {}
     old_keys: list[str] = []
     if path.exists():

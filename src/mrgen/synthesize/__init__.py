@@ -7,18 +7,24 @@ provenance record (:func:`regenerate`). Output per mask: ``synth/candidates/<key
 (``images`` (N, H, W[, D]) float16 in [-1, 1], ``mask``, ``seeds``, ``meta`` = the JSON
 provenance records); ``synth/provenance.jsonl`` is rebuilt from those files at the end,
 so an interrupted run resumes by skipping finished masks and never leaves a torn log.
-Shard with ``sample.shard=i/n`` (mask i, i+n, ...) to spread work over processes.
+Under ``accelerate launch`` / ``torchrun`` every process renders its share of the masks and process
+0 writes ``provenance.jsonl`` after the others are done (:mod:`mrgen.dist`); ``sample.shard=i/n``
+splits the work over separate commands by hand (each launcher process then takes its part of
+shard i). Work is shared out in *groups* of masks whose jobs fill whole batches (:func:`groups`),
+so every batch holds the same candidates whatever the number of processes: the candidates, and
+everything computed from them, are those of one process.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mrgen import io, prompts, seeds
+from mrgen import dist, io, prompts, seeds
 from mrgen.config import Config
 from mrgen.synthesize.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
 
@@ -31,12 +37,29 @@ def candidate_seed(base: int, mask_id: str, candidate: int) -> int:
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``; ``"auto"`` (the default: the launcher's processes share the work) -> ``(0, 1)``."""
+    if str(shard) == "auto":
+        return 0, 1
     try:
         i, n = (int(x) for x in str(shard).split("/"))
         assert 0 <= i < n
     except Exception:
-        raise ValueError(f"sample.shard must look like i/n with 0 <= i < n (e.g. 0/4), got '{shard}'") from None
+        raise ValueError(f"sample.shard must be auto or look like i/n with 0 <= i < n (e.g. 0/4), got '{shard}'") from None
     return i, n
+
+
+def groups(rows: list, candidates: int, batch_size: int) -> list[list]:
+    """``rows`` in consecutive groups of ``lcm(candidates, batch_size) / candidates`` masks: a group's jobs fill
+    whole batches, so one process rendering every group in order batches exactly as a fresh run always did."""
+    per = math.lcm(int(candidates), int(batch_size)) // int(candidates)
+    return [rows[k:k + per] for k in range(0, len(rows), per)]
+
+
+def my_groups(cfg: Config, rows: list, procs: dist.Procs) -> list[list]:
+    """The groups this process renders: of shard ``sample.shard=i/n``, the launcher process ``r`` of ``w`` takes
+    groups ``k`` with ``k % (n * w) == i + n * r`` (together the ``w`` processes take shard i's groups)."""
+    i, n = parse_shard(cfg.sample.shard)
+    return groups(rows, cfg.sample.candidates, cfg.sample.batch_size)[i + n * procs.rank::n * procs.world]
 
 
 def target_prompt(cfg: Config, row: dict) -> str:
@@ -66,22 +89,26 @@ def run(cfg: Config) -> dict:
 
     from mrgen.controller import load_generator
 
-    rows = mask_items(cfg)
-    shard_i, shard_n = parse_shard(cfg.sample.shard)
-    rows = rows[shard_i::shard_n]
+    procs = dist.processes(cfg.run.device)
     out = cfg.workdir / SYNTH / "candidates"
-    todo = [r for r in rows if not (out / f"{r['key']}.npz").exists()]
-    done = len(rows) - len(todo)
+    items = mask_items(cfg)
+    finished = lambda r: (out / f"{r['key']}.npz").exists()  # noqa: E731
+    todo_groups = [g for g in ([r for r in g if not finished(r)] for g in my_groups(cfg, items, procs)) if g]
+    rows = [r for g in my_groups(cfg, items, dist.Procs()) for r in g]  # the masks of sample.shard
+    done = sum(1 for r in rows if finished(r))
+    procs.barrier()  # every process has counted the finished masks before any writes one
+    todo = [r for g in todo_groups for r in g]
     if todo:
         gen = load_generator(cfg.workdir, cfg)
         sampler = _generate_kw(_sampler_settings(cfg))
-        # jobs: (row, candidate) pairs, batched across masks so batches stay full
-        jobs = [(r, c) for r in todo for c in range(cfg.sample.candidates)]
+        # jobs: (row, candidate) pairs, batched across the masks of a group so batches stay full
+        by_group = [[(r, c) for r in g for c in range(cfg.sample.candidates)] for g in todo_groups]
+        B = cfg.sample.batch_size
+        batches = [jobs[k:k + B] for jobs in by_group for k in range(0, len(jobs), B)]
         pending: dict[str, list] = {}
-        with Progress(transient=False) as bar:
-            task = bar.add_task(f"synthesize {len(todo)} masks x {cfg.sample.candidates}", total=len(jobs))
-            for start in range(0, len(jobs), cfg.sample.batch_size):
-                batch = jobs[start : start + cfg.sample.batch_size]
+        with Progress(transient=False, disable=not procs.main) as bar:
+            task = bar.add_task(f"synthesize {len(todo)} masks x {cfg.sample.candidates}", total=len(todo) * cfg.sample.candidates)
+            for batch in batches:
                 masks = torch.from_numpy(np.stack([r["load"]() for r, _ in batch]))
                 texts = [target_prompt(cfg, r) for r, _ in batch]
                 seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
@@ -91,11 +118,16 @@ def run(cfg: Config) -> dict:
                     if len(pending[r["id"]]) == cfg.sample.candidates:
                         _write_mask(cfg, gen, r, pending.pop(r["id"]), out)
                 bar.advance(task, len(batch))
+    return procs.on_main(lambda: _finish(cfg, len(rows), done))
+
+
+def _finish(cfg: Config, masks: int, done: int) -> dict:
+    """Process 0, once every process has written its masks: ``provenance.jsonl`` and the figures."""
     records = rebuild_provenance(cfg.workdir)
     grid = sample_grid(cfg.workdir)
     if cfg.data.spatial_dims == 3:
         ortho_grid(cfg.workdir)
-    return {"masks": len(rows), "resumed": done, "candidates": len(records), "grid": str(grid) if grid else ""}
+    return {"masks": masks, "resumed": done, "candidates": len(records), "grid": str(grid) if grid else ""}
 
 
 def _write_mask(cfg: Config, gen, row: dict, items: list, out: Path) -> None:
