@@ -54,6 +54,7 @@ PresetOpt = typer.Option(None, "--preset", "-p", help=(
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (may name its own preset).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Run folder (same as run.workdir=...).")
 DryOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
+BackendOpt = typer.Option(None, "--backend", help="monai (built-in UNet, the default) | nnunet (same as segment.backend=...)")
 OverArg = typer.Argument(None, help="Overrides like ldm.train.steps=200 sample.guidance=7", show_default=False)
 
 
@@ -86,22 +87,25 @@ def _call(module: str, fn: str, *args, **kwargs):
         raise typer.Exit(2) from None
 
 
-def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app):
-    def command(
-        overrides: Optional[List[str]] = OverArg,
-        preset: str = PresetOpt,
-        config: Optional[str] = ConfigOpt,
-        workdir: Optional[str] = WorkdirOpt,
-        dry_run: bool = DryOpt,
-    ):
+def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app, backend: bool = False):
+    def body(overrides, preset, config, workdir, dry_run, extra: tuple = ()):
         try:
-            cfg = _cfg(preset, config, workdir, overrides, dry_run)
+            cfg = _cfg(preset, config, workdir, list(overrides or []) + list(extra), dry_run)
         except C.ConfigError as exc:
             console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         result = _call(module, fn, cfg)
-        if result is not None:
-            console.print(result if isinstance(result, str) else _summary(result))
+        if result is not None:  # soft_wrap: printed commands and paths stay on one line, ready to paste
+            console.print(result if isinstance(result, str) else _summary(result), soft_wrap=True, markup=False)
+
+    if backend:  # `mrgen segment train --backend nnunet`
+        def command(overrides: Optional[List[str]] = OverArg, preset: str = PresetOpt, config: Optional[str] = ConfigOpt,
+                    workdir: Optional[str] = WorkdirOpt, dry_run: bool = DryOpt, backend: Optional[str] = BackendOpt):
+            body(overrides, preset, config, workdir, dry_run, (f"segment.backend={backend}",) if backend else ())
+    else:
+        def command(overrides: Optional[List[str]] = OverArg, preset: str = PresetOpt, config: Optional[str] = ConfigOpt,
+                    workdir: Optional[str] = WorkdirOpt, dry_run: bool = DryOpt):
+            body(overrides, preset, config, workdir, dry_run)
 
     command.__doc__ = doc
     parent.command(name, help=doc)(command)
@@ -143,9 +147,10 @@ _stage("nnunet", "mrgen.export", parent=export_app, doc=(
     "Write an nnU-Net v2 raw dataset (imagesTr/labelsTr/dataset.json) from the kept candidates.\n\n"
     "Example: `mrgen export nnunet -w runs/demo export.format=nifti`"))
 app.add_typer(export_app, name="export")
-_stage("train", "mrgen.segment", fn="run_train", parent=segment_app, doc=(
-    "Train the built-in MONAI UNet segmenter (Dice+CE) on the exported dataset.\n\n"
-    "Example: `mrgen segment train -w runs/demo segment.train.steps=2000`"))
+_stage("train", "mrgen.segment", fn="run_train", parent=segment_app, backend=True, doc=(
+    "Train the built-in MONAI UNet segmenter (Dice+CE) on the exported dataset, or with --backend nnunet nnU-Net v2 "
+    "(nnUNetv2_plan_and_preprocess + nnUNetv2_train on the export, where nnunetv2 is installed).\n\n"
+    "Example: `mrgen segment train -w runs/demo segment.train.steps=2000` or `mrgen segment train -w runs/demo --backend nnunet`"))
 _stage("predict", "mrgen.segment", fn="run_predict", parent=segment_app, doc=(
     "Predict masks for the target test split with the trained segmenter.\n\nExample: `mrgen segment predict -w runs/demo`"))
 app.add_typer(segment_app, name="segment")

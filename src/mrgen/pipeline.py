@@ -124,6 +124,8 @@ def run(cfg: C.Config, only: tuple | None = None, provided: tuple = (), meter: C
 def _brief(result) -> str:
     if isinstance(result, dict) and all(isinstance(v, dict) and "mean_dice" in v for v in result.values()) and result:
         return ", ".join(f"{k} Dice {v['mean_dice']:.3f}" for k, v in result.items())
+    if isinstance(result, dict) and "next" in result:  # the export's next commands, one per line
+        return str({k: v for k, v in result.items() if k != "next"}) + "\nnext:" + result["next"]
     return str(result)
 
 

@@ -8,7 +8,7 @@ Public API: :func:`evaluate_segmenter` (reusable for any segmenter folder), :fun
 
 from __future__ import annotations
 
-from mrgen import io
+from mrgen import devices, io
 from mrgen.evaluate.metrics import dice_per_label, frechet_distance, hd95, kid, psnr, ssim
 from mrgen.evaluate.segmentation import evaluate_segmenter
 
@@ -52,7 +52,7 @@ def evaluate_run(cfg, names: list | None = None) -> dict:
     rows = assign(Index(wd / "curated" / "index.parquet"), cfg).test
     labels = label_names(wd)
     summary = {n: evaluate_segmenter(seg / n, rows, wd / "curated", wd / "eval" / n, labels,
-                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays) for n in todo}
+                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, devices.of(cfg)) for n in todo}
     path = wd / "eval" / "summary.json"
     if names and path.exists():
         summary = {**io.read_json(path), **summary}
