@@ -144,7 +144,8 @@ _stage("filter", "mrgen.filter", doc=(
     "Score candidates by how well a prompted segmenter recovers each organ; keep the best k per mask.\n\n"
     "Example: `mrgen filter -w runs/demo filter.scorer=classical filter.keep=2`"))
 _stage("nnunet", "mrgen.export", parent=export_app, doc=(
-    "Write an nnU-Net v2 raw dataset (imagesTr/labelsTr/dataset.json) from the kept candidates.\n\n"
+    "Write an nnU-Net v2 raw dataset (imagesTr/labelsTr/dataset.json) from the kept candidates into $nnUNet_raw when set "
+    "(else the run folder's nnunet/) and print the nnU-Net commands to run next; export.overwrite=true replaces a different one.\n\n"
     "Example: `mrgen export nnunet -w runs/demo export.format=nifti`"))
 app.add_typer(export_app, name="export")
 _stage("train", "mrgen.segment", fn="run_train", parent=segment_app, backend=True, doc=(
