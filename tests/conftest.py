@@ -18,6 +18,12 @@ import torch
 from mrgen.config import load_config
 
 TINY_LABELS = {1: "liver", 2: "spleen"}
+
+
+@pytest.fixture(autouse=True)
+def _no_nnunet_raw(monkeypatch):
+    """A user's ``nnUNet_raw`` must not receive the tests' exports (mrgen export nnunet writes there when set)."""
+    monkeypatch.delenv("nnUNet_raw", raising=False)
 TINY_CONTRAST = {"T1": (-0.6, 0.5, 0.1), "T2": (-0.8, -0.2, 0.7)}  # background, liver, spleen
 
 

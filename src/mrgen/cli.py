@@ -56,6 +56,7 @@ PresetOpt = typer.Option(None, "--preset", "-p", help=(
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (may name its own preset).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Run folder (same as run.workdir=...).")
 DryOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
+BackendOpt = typer.Option(None, "--backend", help="monai (built-in UNet, the default) | nnunet (same as segment.backend=...)")
 OverArg = typer.Argument(None, help="Overrides like ldm.train.steps=200 sample.guidance=7", show_default=False)
 
 
@@ -129,23 +130,28 @@ def check_workdir(cfg: C.Config, creates: bool) -> None:
                             f"would write its stage folders among your files. Give a new or empty folder with -w")
 
 
-def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app, creates: bool = False):
-    def command(
-        overrides: Optional[List[str]] = OverArg,
-        preset: str = PresetOpt,
-        config: Optional[str] = ConfigOpt,
-        workdir: Optional[str] = WorkdirOpt,
-        dry_run: bool = DryOpt,
-    ):
+def _stage(name: str, module: str, fn: str = "run", doc: str = "", parent: typer.Typer = app, creates: bool = False,
+           backend: bool = False):
+    def body(overrides, preset, config, workdir, dry_run, extra: tuple = ()):
         try:
-            cfg = _cfg(preset, config, workdir, overrides, dry_run)
+            cfg = _cfg(preset, config, workdir, list(overrides or []) + list(extra), dry_run)
             check_workdir(cfg, creates)
         except C.ConfigError as exc:
             console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         result = _call(module, fn, cfg, locked=cfg)
         if result is not None and launched()[0] == 0:  # under accelerate launch: process 0 speaks for all
-            console.print(result if isinstance(result, str) else _summary(result))
+            # soft_wrap: printed commands and paths stay on one line, ready to paste
+            console.print(result if isinstance(result, str) else _summary(result), soft_wrap=True, markup=False)
+
+    if backend:  # `mrgen segment train --backend nnunet`
+        def command(overrides: Optional[List[str]] = OverArg, preset: str = PresetOpt, config: Optional[str] = ConfigOpt,
+                    workdir: Optional[str] = WorkdirOpt, dry_run: bool = DryOpt, backend: Optional[str] = BackendOpt):
+            body(overrides, preset, config, workdir, dry_run, (f"segment.backend={backend}",) if backend else ())
+    else:
+        def command(overrides: Optional[List[str]] = OverArg, preset: str = PresetOpt, config: Optional[str] = ConfigOpt,
+                    workdir: Optional[str] = WorkdirOpt, dry_run: bool = DryOpt):
+            body(overrides, preset, config, workdir, dry_run)
 
     command.__doc__ = doc
     parent.command(name, help=doc)(command)
@@ -185,12 +191,14 @@ _stage("filter", "mrgen.filter", doc=(
     "Score candidates by how well a prompted segmenter recovers each organ; keep the best k per mask.\n\n"
     "Example: `mrgen filter -w runs/demo filter.scorer=classical filter.keep=2`"))
 _stage("nnunet", "mrgen.export", parent=export_app, doc=(
-    "Write an nnU-Net v2 raw dataset (imagesTr/labelsTr/dataset.json) from the kept candidates.\n\n"
+    "Write an nnU-Net v2 raw dataset (imagesTr/labelsTr/dataset.json) from the kept candidates into $nnUNet_raw when set "
+    "(else the run folder's nnunet/) and print the nnU-Net commands to run next; export.overwrite=true replaces a different one.\n\n"
     "Example: `mrgen export nnunet -w runs/demo export.format=nifti`"))
 app.add_typer(export_app, name="export")
-_stage("train", "mrgen.segment", fn="run_train", parent=segment_app, doc=(
-    "Train the built-in MONAI UNet segmenter (Dice+CE) on the exported dataset.\n\n"
-    "Example: `mrgen segment train -w runs/demo segment.train.steps=2000`"))
+_stage("train", "mrgen.segment", fn="run_train", parent=segment_app, backend=True, doc=(
+    "Train the built-in MONAI UNet segmenter (Dice+CE) on the exported dataset, or with --backend nnunet nnU-Net v2 "
+    "(nnUNetv2_plan_and_preprocess + nnUNetv2_train on the export, where nnunetv2 is installed).\n\n"
+    "Example: `mrgen segment train -w runs/demo segment.train.steps=2000` or `mrgen segment train -w runs/demo --backend nnunet`"))
 _stage("predict", "mrgen.segment", fn="run_predict", parent=segment_app, doc=(
     "Predict masks for the target test split with the trained segmenter.\n\nExample: `mrgen segment predict -w runs/demo`"))
 app.add_typer(segment_app, name="segment")

@@ -36,7 +36,10 @@ ROLES = ("run.source_modality", "run.target_modality", "run.source_datasets", "r
 # ... and the target-modality test volumes.
 TEST = ("run.target_modality", "run.target_datasets", "run.test_subjects")
 # Keys that change no output of any stage (fnmatch patterns over dotted keys).
-NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "sample.shard", "*.train.ckpt_every",
+# export.overwrite permits replacing a dataset; segment.backend / nnunet_trainer choose what `mrgen segment train`
+# runs, never what `mrgen run`'s segment stage (the built-in segmenters) writes.
+NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "sample.shard", "export.overwrite",
+             "segment.backend", "segment.nnunet_trainer", "*.train.ckpt_every",
              "*.train.preview_every", "*.train.log_every", "*.train.num_workers", "labelgen.*_train.ckpt_every",
              "labelgen.*_train.preview_every", "labelgen.*_train.log_every", "labelgen.*_train.num_workers")
 # Keys that lengthen training: a changed value re-runs the stage, which resumes from its checkpoint.
@@ -96,7 +99,7 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
               ("filter", "segment"), "audit/audit.json", "audit"),
         # the dataset card carries the audit's headline figures
         Stage("export", ("export", "data.spatial_dims", "run.source_modality", "run.target_modality"), ("filter", "audit"),
-              "nnunet", "nnunet"),
+              "nnunet/export.json", "nnunet"),
         Stage("evaluate", ("evaluate",) + LAYOUT + ROLES + TEST, ("segment",), "eval/summary.json", "eval"),
     ]
     return out

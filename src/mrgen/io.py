@@ -265,6 +265,15 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def folder_hash(folder: str | Path, skip: tuple = ()) -> str:
+    """Content hash of every file under ``folder`` (relative paths and bytes; names in ``skip`` left out)."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name not in skip):
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_hash(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def array_hash(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
     h = hashlib.sha256(str((a.dtype.str, a.shape)).encode())

@@ -150,6 +150,8 @@ def _move_aside(folder, aside) -> None:
 def _brief(result) -> str:
     if isinstance(result, dict) and all(isinstance(v, dict) and "mean_dice" in v for v in result.values()) and result:
         return ", ".join(f"{k} Dice {v['mean_dice']:.3f}" for k, v in result.items())
+    if isinstance(result, dict) and "next" in result:  # the export's next commands, one per line
+        return str({k: v for k, v in result.items() if k != "next"}) + "\nnext:" + result["next"]
     return str(result)
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from mrgen import config as C
-from mrgen import io
+from mrgen import devices, io
 
 FIGURES = [
     ("Generated label maps (labelgen; orthogonal views in 3D)", "labelgen/labels.png"),
@@ -70,7 +70,8 @@ def write_report(cfg: C.Config, summary: dict, quality: dict | None = None) -> P
     lines = [
         f"# mrgen report — {cfg.run.source_modality} masks → {cfg.run.target_modality}",
         "",
-        f"Run folder `{wd}`, preset `{cfg.preset}`, resolved config in `config.yaml`. "
+        f"Run folder `{wd}`, preset `{cfg.preset}`, device `{devices.of(cfg)}` (run.device={cfg.run.device}), "
+        "resolved config in `config.yaml`. "
         "Segmenters are evaluated with 3D Dice per label on the real target-modality test volumes "
         "(slices stacked back per volume).",
         "",

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrgen import io, seeds
+from mrgen import devices, io, seeds
 from mrgen.checkpoint import load_state, optim_from_flat, optim_to_flat, rng_state, save_state, set_rng
 
 CKPT = "ckpt"
@@ -84,13 +84,13 @@ class Draw:
 
 
 def make_accelerator(precision: str = "fp32", device: str = "cpu"):
-    """An ``Accelerator`` for this precision; safe to call again with another precision."""
+    """An ``Accelerator`` for ``precision`` on ``device`` (:func:`mrgen.devices.mixed_precision`); safe to call again."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)  # keeps the process group
     GradientState._reset_state()
-    return Accelerator(cpu=str(device).startswith("cpu"), mixed_precision="bf16" if precision == "bf16" else "no")
+    return Accelerator(cpu=str(device).startswith("cpu"), mixed_precision=devices.mixed_precision(precision, device))
 
 
 def ema_decay_at(decay: float, step: int) -> float:

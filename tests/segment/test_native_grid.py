@@ -218,3 +218,27 @@ def test_segment_predict_writes_the_source_grid_and_label_values(tmp_path, monke
     for value, s in STORED.items():
         want[orig == value] = s
     assert stored.dtype == np.uint8 and np.array_equal(stored, want)
+
+
+def test_segment_predict_with_a_3d_model_writes_each_input_grid_and_affine(tmp_path):
+    """A 3D segmenter predicts at its item shape (depth 19); the NIfTI is back on the file: shape (24, 20, 6) and
+    the file's oblique affine, voxels outside the 3-slice window background."""
+    from mrgen.segment import run_predict, train_segmenter
+
+    series = [{"modality": m, "images": "*_img.nii.gz", "masks": "{subject}_gt.nii.gz"} for m in ("bSSFP", "LGE")]
+    overrides = ["data.image_size=32", "data.spacing=1.25", "data.spatial_dims=3", "data.depth=19",
+                 "curate.test_fraction=0.34", "run.source_modality=bSSFP", "run.target_modality=LGE",
+                 "run.disjoint_subjects=false", "segment.channels=[8,8]", "segment.strides=[2]", "segment.train.steps=1",
+                 "segment.train.batch_size=1", "segment.train.ckpt_every=0"]
+    cfg, records, ds = _curate(tmp_path, 40, *overrides, series=series, subjects=("p1", "p2", "p3"))
+    test = json.loads((cfg.workdir / "curated" / "curate.json").read_text())["summary"]["heart"]["test_subjects"]
+    vol = Index(cfg.workdir).query(kind="volume", subject=test[0], modality="LGE")[0]
+    img = np.load(cfg.workdir / "curated" / vol["image"]).astype(np.float32)
+    train_segmenter([img], [load_mask(cfg.workdir / "curated", vol)], 4, cfg, cfg.workdir / "segment" / "engine")
+    res = run_predict(cfg)
+    assert (res["volumes"], res["grid"]) == (1, "source")
+    orig, affine = _file(ds, f"{test[0]}_gt.nii.gz")
+    nii = nib.load(str(cfg.workdir / "segment" / "engine" / "pred" / f"heart__{test[0]}__LGE.nii.gz"))
+    assert nii.shape == orig.shape == (24, 20, 6) and np.array_equal(nii.affine, affine)
+    pred = np.asarray(nii.dataobj)
+    assert not pred[..., [0, 4, 5]].any() and set(np.unique(pred).tolist()) <= {0, *CARDIAC}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mrgen import io
+from mrgen import devices, io
 from mrgen.autoencoder.data import Items, augment, data_hash, kind_of, open_index
 from mrgen.config import Config
 from mrgen.contract import config_of
@@ -84,7 +84,7 @@ def run(cfg: Config) -> dict:
     meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(rows, cfg), "n_items": len(rows),
             "modalities": sorted({r["modality"] for r in rows})}
     res = train.fit(train.Job(STAGE, cfg.workdir / STAGE, {"autoencoder": ae}, ["autoencoder"], batch_fn, loss_fn,
-                              tcfg, meta, preview=preview_fn, finalize=finalize, device=cfg.run.device))
+                              tcfg, meta, preview=preview_fn, finalize=finalize, device=devices.of(cfg)))
     from mrgen.nets.store import read_meta
 
     res["scale_factor"] = read_meta(cfg.workdir / STAGE)["scale_factor"]
@@ -116,7 +116,7 @@ def evaluate(cfg: Config) -> dict:
     """PSNR (dB), SSIM, L1, MSE on [0, 1]-scaled test images; writes ``autoencoder/eval.json``."""
     import numpy as np
 
-    ae, meta = load_autoencoder(cfg.workdir, cfg, cfg.run.device)
+    ae, meta = load_autoencoder(cfg.workdir, cfg, devices.of(cfg))
     rows = sorted(open_index(cfg).query(kind=kind_of(cfg), split="test"), key=lambda r: r["id"])
     if not rows:
         raise ValueError(f"no {kind_of(cfg)} rows in the test split; curate with curate.test_fraction > 0")

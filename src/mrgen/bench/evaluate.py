@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrgen import io
+from mrgen import devices, io
 
 
 def _mean(xs) -> float | None:
@@ -58,9 +58,9 @@ def evaluate(seg: Path, rows: list, cfg, out_dir: Path, labels: dict, groups: di
 
     root = cfg.workdir / "curated"
     pct = float(getattr(cfg.evaluate, "hd_percentile", 95.0))
-    raw = evaluate_segmenter(seg, rows, root, out_dir, labels, pct, int(getattr(cfg.evaluate, "overlays", 6)))
+    raw = evaluate_segmenter(seg, rows, root, out_dir, labels, pct, int(getattr(cfg.evaluate, "overlays", 6)), devices.of(cfg))
     raw_labels = {n: {"dice": raw["dice"].get(n), "hd95": raw["hd95"].get(n)} for n in raw["dice"]}
-    vols = list(predict_rows(load_segmenter(seg), [r for r in rows if r.get("has_mask", True)], root))
+    vols = list(predict_rows(load_segmenter(seg, devices.of(cfg)), [r for r in rows if r.get("has_mask", True)], root))
     per_case = []
     if groups:
         for vol in vols:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mrgen import devices
 from mrgen.autoencoder.data import data_hash
 from mrgen.config import Config
 from mrgen.contract import config_of
@@ -52,7 +53,7 @@ def run(cfg: Config) -> dict:
     from mrgen.nets import ControlledUNet, build_controller
 
     tcfg = cfg.controller.train
-    device = cfg.run.device
+    device = devices.of(cfg)
     ae, ae_meta = load_autoencoder(cfg.workdir, cfg, device)
     unet, text, ldm_meta = load_ldm(cfg.workdir, cfg, device)
     scale = float(ldm_meta["scale_factor"])
@@ -106,7 +107,7 @@ def load_generator(workdir, cfg: Config) -> Renderer:
     from mrgen.ldm import load_ldm
     from mrgen.nets import ControlledUNet, build_controller, load_model, read_meta
 
-    device = cfg.run.device
+    device = devices.of(cfg)
     folder = Path(workdir) / STAGE
     cmeta = read_meta(folder)
     mode = cmeta.get("mode", "controlnet")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mrgen import devices
 from mrgen.config import Config
 from mrgen.contract import config_of
 
@@ -67,7 +68,7 @@ def run(cfg: Config) -> dict:
         trainable.append("text")
     export = {"unet": ("", STAGE), **({"text": ("text", "text")} if text.trainable else {})}
     return train.fit(train.Job(STAGE, out, modules, trainable, batch_fn, loss_fn, tcfg, meta, preview=preview_fn,
-                               export=export, device=cfg.run.device))
+                               export=export, device=devices.of(cfg)))
 
 
 def load(workdir, cfg: Config, cmeta: dict):
@@ -76,7 +77,7 @@ def load(workdir, cfg: Config, cmeta: dict):
     from mrgen.controller.render import PixelRenderer
     from mrgen.nets import ConcatUNet, build_pixel_unet, get_text_encoder, load_model, mask_channels
 
-    device = cfg.run.device
+    device = devices.of(cfg)
     folder = Path(workdir) / STAGE
     tmeta = cmeta.get("text", {})
     if tmeta.get("encoder", cfg.text.encoder) != cfg.text.encoder:

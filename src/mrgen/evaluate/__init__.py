@@ -8,7 +8,7 @@ Public API: :func:`evaluate_segmenter` (reusable for any segmenter folder), :fun
 
 from __future__ import annotations
 
-from mrgen import dist, io
+from mrgen import devices, dist, io
 from mrgen.evaluate.metrics import dice_per_label, frechet_distance, hd95, kid, psnr, ssim
 from mrgen.evaluate.segmentation import evaluate_segmenter
 
@@ -56,7 +56,7 @@ def evaluate_run(cfg, names: list | None = None) -> dict:
     labels = label_names(wd)
     procs = dist.processes(cfg.run.device)
     summary = {n: evaluate_segmenter(seg / n, rows, wd / "curated", wd / "eval" / n, labels,
-                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, procs) for n in todo}
+                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, procs, devices.of(cfg)) for n in todo}
 
     def finish() -> dict:
         path = wd / "eval" / "summary.json"

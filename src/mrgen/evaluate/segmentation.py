@@ -29,10 +29,10 @@ def _clean(x):
 
 
 def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labels: dict, hd_percentile: float = 95.0,
-                       overlays: int = 6, procs: dist.Procs | None = None) -> dict:
+                       overlays: int = 6, procs: dist.Procs | None = None, device: str = "cpu") -> dict:
     """Predict ``rows`` (test split, with masks) with the segmenter in ``model_folder``; score per volume.
 
-    ``labels``: ``{value: name}`` (foreground). Returns the summary dict: ``name, volumes,
+    ``labels``: ``{value: name}`` (foreground); ``device``: where the network runs (:func:`mrgen.devices.of`). Returns the summary dict: ``name, volumes,
     mean_dice, mean_hd95, dice {name: mean}, hd95 {name: mean}, results`` (path of results.json).
     Context labels of the curated run (``curated/context.json``) are not scored and are background
     in the ground truth (:func:`mrgen.segment.load_rows`). ``procs``: the processes sharing the volumes
@@ -43,7 +43,7 @@ def evaluate_segmenter(model_folder, rows: list[dict], index_root, out_dir, labe
 
     out = Path(out_dir)
     procs = procs or dist.Procs()
-    model = load_segmenter(model_folder)
+    model = load_segmenter(model_folder, device)
     drop = context_values(index_root)
     labels = {int(k): str(v) for k, v in labels.items() if int(k) != 0 and int(k) not in drop}
     rows = [r for r in rows if r.get("has_mask", True)]

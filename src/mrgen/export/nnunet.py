@@ -64,14 +64,15 @@ def _write(path_noext: Path, array: np.ndarray, fmt: str, is_label: bool, spacin
 
 def export_pairs(pairs: Iterable, out_dir: str | Path, labels: dict, modality: str, fmt: str = "png",
                  spacing=None, provenance: Iterable | None = None, description: str = "",
-                 context: Iterable = ()) -> dict:
+                 context: Iterable = (), name: str = "") -> dict:
     """Write ``(case_id, image [-1, 1], mask)`` pairs as an nnU-Net v2 raw dataset in ``out_dir``.
 
     ``labels``: ``{value: name}`` of the foreground labels; ``modality``: channel 0's name;
     ``fmt``: ``png`` (2D only) or ``nifti``; ``provenance``: optional records (one per pair,
     same order) written to ``provenance.jsonl`` as ``{"case": case_id, **record}``.
     ``context``: label values that condition the generator only (``curated/context.json``): written
-    as 0 and left out of ``dataset.json`` even when ``labels`` names them.
+    as 0 and left out of ``dataset.json`` even when ``labels`` names them. ``name``: ``dataset.json``'s name
+    (default: the folder's name).
     Files of earlier exports that are not in ``pairs`` are removed. Returns a summary dict.
     """
     from mrgen.curate.labels import strip_context
@@ -114,7 +115,7 @@ def export_pairs(pairs: Iterable, out_dir: str | Path, labels: dict, modality: s
         "labels": names,
         "numTraining": len(cases),
         "file_ending": ending,
-        "name": out.name,
+        "name": name or out.name,
         "description": description or "mrgen export",
         "mrgen_label_values": {str(n): int(v) for v, n in remap.items()},  # nnU-Net value -> original value
         "mrgen_image_range": "png: uint8 = (x + 1) * 127.5 for x in [-1, 1]; nifti: float32 in [-1, 1]",

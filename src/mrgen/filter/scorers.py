@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mrgen import devices
 from mrgen.filter.classical import ClassicalScorer, iou
 
 
@@ -72,10 +73,10 @@ class SegmenterScorer:
 
     name = "segmenter"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, device: str = "cpu"):
         from mrgen.segment import load_segmenter
 
-        self.model = load_segmenter(folder)
+        self.model = load_segmenter(folder, device)
 
     def score(self, image: np.ndarray, mask: np.ndarray) -> dict:
         from mrgen.segment import predict_proba
@@ -95,12 +96,12 @@ def build_scorer(cfg) -> Scorer:
     if f.scorer == "classical":
         return ClassicalScorer(f.classical_method, perturb=f.perturb, seed=cfg.run.seed)
     if f.scorer == "sam2":
-        return Sam2Scorer(f.sam2_config, f.sam2_checkpoint, device=cfg.run.device)
+        return Sam2Scorer(f.sam2_config, f.sam2_checkpoint, device=devices.of(cfg))
     if f.scorer == "segmenter":
         folder = f.segmenter or str(cfg.workdir / "segment" / "oracle")
         if not (Path(folder) / "model.safetensors").is_file():
             raise FileNotFoundError(f"filter.scorer=segmenter: no model.safetensors in {folder}; set filter.segmenter=<folder>")
-        return SegmenterScorer(folder)
+        return SegmenterScorer(folder, devices.of(cfg))
     raise ValueError(f"unknown filter.scorer '{f.scorer}'; choose classical, sam2 or segmenter")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrgen import io, labelmaps, seeds
+from mrgen import devices, io, labelmaps, seeds
 from mrgen.config import Config
 from mrgen.contract import config_of
 from mrgen.labelgen import (STAGE, LabelItems, build_label_autoencoder, build_label_unet, decode_labels, encode_labels,
@@ -62,7 +62,7 @@ def train_autoencoder(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
             "n_items": len(rows)}
     return train.fit(train.Job(f"{STAGE}-autoencoder", _folder(cfg) / AE, {"autoencoder": ae}, ["autoencoder"],
                                batch_fn, loss_fn, tcfg, meta, preview=preview_fn, finalize=finalize,
-                               export={"autoencoder": ("", AE)}, device=cfg.run.device))
+                               export={"autoencoder": ("", AE)}, device=devices.of(cfg)))
 
 
 def load_label_autoencoder(cfg: Config, k: int, device: str = "cpu"):
@@ -81,7 +81,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
     from mrgen.prompts import EMPTY_PROMPT
 
     tcfg = cfg.labelgen.ldm_train
-    ae, ae_meta = load_label_autoencoder(cfg, items.k, cfg.run.device)
+    ae, ae_meta = load_label_autoencoder(cfg, items.k, devices.of(cfg))
     scale = float(ae_meta["scale_factor"])
     mu, sigma = encode_posterior(ae, items)
     prompts = [label_prompt(r["region"] or None, list(r["organs"])) for r in rows]
@@ -118,7 +118,7 @@ def train_ldm(cfg: Config, rows: list[dict], items: LabelItems) -> dict:
             {p: prompts.count(p) for p in bank[1:]}}
     export = {"unet": ("", LDM), **({"text": ("text", "text")} if text.trainable else {})}
     return train.fit(train.Job(f"{STAGE}-ldm", _folder(cfg) / LDM, modules, trainable, batch_fn, loss_fn, tcfg, meta,
-                               export=export, device=cfg.run.device))
+                               export=export, device=devices.of(cfg)))
 
 
 class LabelGenerator:
@@ -162,7 +162,7 @@ def generate(cfg: Config) -> dict:
     """Sample ``labelgen.count`` label maps; skips the ones already written by the same checkpoints."""
     lg = cfg.labelgen
     out = _folder(cfg) / LABELS
-    gen = LabelGenerator(cfg, cfg.run.device)
+    gen = LabelGenerator(cfg, devices.of(cfg))
     counts = gen.meta.get("prompt_counts") or {p: 1 for p in gen.meta["prompts"]}
     bank = sorted(counts)
     weights = np.array([counts[p] for p in bank], float)
@@ -196,7 +196,7 @@ def _region_lookup(cfg: Config) -> dict[str, str]:
 
 def regenerate(cfg: Config, meta: dict, gen: LabelGenerator | None = None) -> np.ndarray:
     """Re-sample one generated label map from its ``meta`` record."""
-    gen = gen or LabelGenerator(cfg, cfg.run.device)
+    gen = gen or LabelGenerator(cfg, devices.of(cfg))
     stale = sorted(k for k, v in meta["checkpoints"].items() if gen.hashes.get(k) != v)
     if stale:
         raise ValueError(f"label checkpoints changed since {meta['id']} was generated: {stale}; rerun `mrgen labelgen`")

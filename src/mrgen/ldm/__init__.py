@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mrgen import devices
 from mrgen.autoencoder.data import Items, data_hash, item_shape, kind_of, label_names, no_organ_prompt, open_index
 from mrgen.config import Config
 from mrgen.contract import config_of
@@ -115,7 +116,7 @@ def cached_latents(cfg: Config, ae, ae_meta: dict, rows: list[dict], items: Item
         return {"mu": mu, "sigma": sigma}
 
     tag = json.dumps({"ae": ae_meta.get("sha256", ""), "shape": list(item_shape(cfg))})
-    out = keyed_cache(cfg.workdir / STAGE / LATENTS, tag, list(by_key), compute, cfg.run.device)
+    out = keyed_cache(cfg.workdir / STAGE / LATENTS, tag, list(by_key), compute, devices.of(cfg))
     return out["mu"], out["sigma"]
 
 
@@ -128,7 +129,7 @@ def text_bank(cfg: Config, text, prompts: list[str], folder: Path | None = None)
 
     tag = json.dumps(text.meta(), sort_keys=True)
     folder = Path(folder) if folder is not None else cfg.workdir / STAGE
-    return keyed_cache(folder / TEXT_CACHE, tag, list(prompts), compute, cfg.run.device)["emb"]
+    return keyed_cache(folder / TEXT_CACHE, tag, list(prompts), compute, devices.of(cfg))["emb"]
 
 
 def drop_prompts(ids: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -193,7 +194,7 @@ def run(cfg: Config) -> dict:
     from mrgen.nets import UNetDenoiser, build_unet, get_text_encoder, latent_factor
 
     tcfg = cfg.ldm.train
-    ae, ae_meta = load_autoencoder(cfg.workdir, cfg, cfg.run.device)
+    ae, ae_meta = load_autoencoder(cfg.workdir, cfg, devices.of(cfg))
     scale = float(ae_meta["scale_factor"])
     rows = ldm_rows(cfg)
     mu, sigma = cached_latents(cfg, ae, ae_meta, rows)
@@ -240,7 +241,7 @@ def run(cfg: Config) -> dict:
             "preview_prompts": shown}
     export = {"unet": ("", STAGE), **({"text": ("text", "text")} if text.trainable else {})}
     return train.fit(train.Job(STAGE, cfg.workdir / STAGE, modules, trainable, batch_fn, loss_fn, tcfg, meta,
-                               preview=preview_fn, export=export, device=cfg.run.device))
+                               preview=preview_fn, export=export, device=devices.of(cfg)))
 
 
 def load_ldm(workdir, cfg: Config, device: str = "cpu"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrgen import io
+from mrgen import devices, io
 from mrgen.segment.model import Segmenter, augment, pad_to
 from mrgen.segment.volumes import group_volumes, load_rows, on_source_grid, predict_rows
 
@@ -79,12 +79,12 @@ def train_segmenter(images: list, masks: list, n_classes: int, cfg, out_dir: str
     meta = {"config": {**model.config, "segment": to_dict(s)}, "data_hash": data_hash, "name": name,
             "n_train": len(x), "image_shape": list(x.shape[2:])}
     train.fit(train.Job(KIND, out_dir, {"segmenter": model}, ["segmenter"], batch_fn, loss_fn, s.train, meta,
-                        device=cfg.run.device))
+                        device=devices.of(cfg)))
     return Path(out_dir)
 
 
-def load_segmenter(folder: str | Path) -> Segmenter:
-    """Rebuild the network from ``model.json`` and load ``model.safetensors`` (never a pickle)."""
+def load_segmenter(folder: str | Path, device: str = "cpu") -> Segmenter:
+    """Rebuild the network from ``model.json`` and load ``model.safetensors`` (never a pickle), on ``device``."""
     from mrgen.nets.store import load_model, read_meta
 
     meta = read_meta(folder)
@@ -92,7 +92,7 @@ def load_segmenter(folder: str | Path) -> Segmenter:
     model = Segmenter(c["spatial_dims"], c["n_classes"], c["channels"], c["strides"], c["num_res_units"], c.get("dropout", 0.0))
     load_model(folder, model, kind=KIND)
     model.meta = meta
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -104,8 +104,8 @@ def predict_proba(model: Segmenter, image: np.ndarray) -> np.ndarray:
     if a.ndim != model.spatial_dims:
         raise ValueError(f"this segmenter is {model.spatial_dims}D; got an image of shape {np.asarray(image).shape}")
     x, shape = pad_to(torch.from_numpy(a)[None, None], model.multiple)
-    prob = torch.softmax(model.eval()(x).float(), 1)[0]
-    return prob[(slice(None), *(slice(0, s) for s in shape))].numpy()
+    prob = torch.softmax(model.eval()(x.to(next(model.parameters()).device)).float(), 1)[0]
+    return prob[(slice(None), *(slice(0, s) for s in shape))].cpu().numpy()
 
 
 def predict(model: Segmenter, image: np.ndarray) -> np.ndarray:
@@ -117,14 +117,20 @@ def predict(model: Segmenter, image: np.ndarray) -> np.ndarray:
 
 
 def run_train(cfg) -> dict:
-    """Train ``<workdir>/segment/<segment.name>`` on ``<workdir>/nnunet/Dataset…`` (images back to [-1, 1]).
+    """Train ``<workdir>/segment/<segment.name>`` on the run's export (images back to [-1, 1]).
 
-    Context labels (conditioning-only, ``curated/context.json``) are background for the segmenter.
+    The export is where ``mrgen export nnunet`` put it (``$nnUNet_raw`` or ``<workdir>/nnunet``:
+    :func:`mrgen.export.exported_folder`). Context labels (conditioning-only, ``curated/context.json``) are
+    background for the segmenter. ``segment.backend=nnunet``: nnU-Net v2 instead (:mod:`mrgen.segment.nnunet`).
     """
     from mrgen.curate.labels import context_values, strip_context
-    from mrgen.export import dataset_folder, read_dataset
+    from mrgen.export import exported_folder, read_dataset
 
-    folder = dataset_folder(cfg.workdir / "nnunet", cfg.export.dataset_id, cfg.export.name)
+    folder = exported_folder(cfg)
+    if cfg.segment.backend == "nnunet":
+        from mrgen.segment import nnunet
+
+        return nnunet.train(cfg, folder)
     if not (folder / "dataset.json").exists():
         raise FileNotFoundError(f"{folder / 'dataset.json'} not found; run `mrgen export nnunet -w {cfg.workdir}` first")
     images, masks, ds = read_dataset(folder)
@@ -162,7 +168,7 @@ def run_predict(cfg) -> dict:
     from mrgen.roles import assign
 
     folder = cfg.workdir / "segment" / cfg.segment.name
-    model = load_segmenter(folder)
+    model = load_segmenter(folder, devices.of(cfg))
     curated = cfg.workdir / "curated"
     rows = assign(Index(curated / "index.parquet"), cfg).test
     if not rows:

@@ -1,0 +1,118 @@
+"""The checks every resolved config passes (:func:`mrgen.config.load_config` runs :func:`validate`)."""
+
+from __future__ import annotations
+
+import re
+
+from mrgen import devices
+from mrgen.errors import ConfigError
+
+# samplers of `sample.solver` (mrgen.diffusion.solvers): DDIM, DPM-Solver++(2M), UniPC-bh2 (order 2)
+SOLVERS = ("ddim", "dpmpp2m", "unipc")
+
+
+def validate(cfg) -> None:
+    """Raise one :class:`ConfigError` for the first bad value of a resolved ``mrgen.config.Config``."""
+    devices.check(cfg.run.device)
+    if cfg.data.spatial_dims not in (2, 3):
+        raise ConfigError(f"data.spatial_dims must be 2 or 3, got {cfg.data.spatial_dims}")
+    if not float(cfg.data.spacing) >= 0:
+        raise ConfigError(f"data.spacing must be >= 0 mm per pixel (0 = auto, the median field of view / image_size), got {cfg.data.spacing}")
+    if cfg.phantom.layout not in ("abdomen", "brain"):
+        raise ConfigError(f"phantom.layout must be 'abdomen' or 'brain', got '{cfg.phantom.layout}'")
+    if cfg.controller.mask_encoding not in ("merged", "onehot"):
+        raise ConfigError(f"controller.mask_encoding must be 'merged' or 'onehot', got '{cfg.controller.mask_encoding}'")
+    if cfg.controller.mode not in ("controlnet", "concat"):
+        raise ConfigError(f"controller.mode must be 'controlnet' (mask controller on the LDM) or 'concat' (Med-DDPM), got '{cfg.controller.mode}'")
+    if cfg.controller.mode == "concat" and cfg.controller.conditioning_scale != 1.0:
+        raise ConfigError(f"controller.conditioning_scale={cfg.controller.conditioning_scale} scales ControlNet residuals, which "
+                          "controller.mode=concat (Med-DDPM) does not have; leave it at 1.0 or use controller.mode=controlnet")
+    if cfg.labelgen.encoding not in ("onehot", "bits"):
+        raise ConfigError(f"labelgen.encoding must be 'onehot' or 'bits', got '{cfg.labelgen.encoding}'")
+    bad = sorted(set(cfg.sample.masks) - {"source", "generated", "morphed"})
+    if bad or not cfg.sample.masks:
+        raise ConfigError(f"sample.masks lists {bad or 'nothing'}; use any of source, generated, morphed (e.g. sample.masks=[source, generated])")
+    if "generated" in cfg.sample.masks and not cfg.labelgen.enabled:
+        raise ConfigError("sample.masks includes 'generated' but labelgen.enabled is false; set labelgen.enabled=true")
+    if "morphed" in cfg.sample.masks and not cfg.morph.recipe:
+        raise ConfigError("sample.masks includes 'morphed' but morph.recipe is empty; give a recipe, e.g. morph.recipe=ventriculomegaly")
+    shard = re.fullmatch(r"(\d+)/(\d+)", str(cfg.sample.shard))
+    if cfg.sample.shard != "auto" and not (shard and int(shard[1]) < int(shard[2])):
+        raise ConfigError(f"sample.shard must be auto (the launcher's processes share the work) or i/n with 0 <= i < n "
+                          f"(e.g. 0/4), got '{cfg.sample.shard}'")
+    if cfg.sample.candidates < 1 or cfg.sample.batch_size < 1:
+        raise ConfigError(f"sample.candidates and sample.batch_size must be at least 1, got {cfg.sample.candidates} and "
+                          f"{cfg.sample.batch_size}")
+    if cfg.export.format not in ("png", "nifti"):
+        raise ConfigError(f"export.format must be 'png' or 'nifti', got '{cfg.export.format}'")
+    if not 1 <= cfg.export.dataset_id <= 999:
+        raise ConfigError(f"export.dataset_id must be 1..999 (nnU-Net's three-digit DatasetXXX id), got {cfg.export.dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", cfg.export.name):
+        raise ConfigError(f"export.name must be letters, digits, '_' or '-' (nnU-Net's DatasetXXX_<name>), "
+                          f"got {cfg.export.name!r}; e.g. export.name=MRGenSynth")
+    if cfg.segment.backend not in ("monai", "nnunet"):
+        raise ConfigError(f"segment.backend must be 'monai' (the built-in UNet) or 'nnunet' (nnU-Net v2 on the export), "
+                          f"got '{cfg.segment.backend}'")
+    factor = 2 ** (len(cfg.autoencoder.channels) - 1)
+    if cfg.data.image_size % factor:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling "
+            f"factor {factor} (len(autoencoder.channels)-1 halvings); pick a multiple of {factor}"
+        )
+    if len(cfg.controller.conditioning_channels) != len(cfg.autoencoder.channels):
+        raise ConfigError(
+            f"controller.conditioning_channels needs {len(cfg.autoencoder.channels)} entries (one per autoencoder level, "
+            f"so the mask is downsampled {factor}x to latent size), got {list(cfg.controller.conditioning_channels)}"
+        )
+    _validate_filter(cfg.filter)
+    _validate_sample(cfg.sample)
+    _validate_audit(cfg.audit)
+    for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
+        if stage.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got '{stage.precision}'")
+
+
+def _validate_sample(s) -> None:
+    if s.solver not in SOLVERS:
+        raise ConfigError(f"sample.solver must be one of {', '.join(SOLVERS)}, got '{s.solver}'")
+    if s.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"sample.precision must be 'fp32' or 'bf16' (autocast of the denoiser), got '{s.precision}'")
+    if int(s.ddim_steps) < 1:
+        raise ConfigError(f"sample.ddim_steps must be >= 1 sampling step, got {s.ddim_steps}")
+    if not float(s.eta) >= 0:
+        raise ConfigError(f"sample.eta must be >= 0 (0 = deterministic DDIM), got {s.eta}")
+    if float(s.eta) > 0 and s.solver != "ddim":
+        raise ConfigError(f"sample.eta={s.eta} is DDIM's noise; sample.solver={s.solver} is a deterministic ODE solver: "
+                          "set sample.eta=0 or sample.solver=ddim")
+
+
+def _validate_filter(f) -> None:
+    if f.thresholds not in ("calibrated", "absolute"):
+        raise ConfigError(f"filter.thresholds must be 'calibrated' (quantiles of real pairs' scores) or 'absolute' "
+                          f"(filter.organ_iou etc. as given), got '{f.thresholds}'")
+    if not 0.0 <= float(f.calibration_quantile) <= 1.0:
+        raise ConfigError(f"filter.calibration_quantile must be in [0, 1] (0.25 = the real pairs' lower quartile), "
+                          f"got {f.calibration_quantile}")
+    if not 0.0 <= float(f.misaligned_quantile) <= 1.0:
+        raise ConfigError(f"filter.misaligned_quantile must be in [0, 1] (0.9: a second-chance candidate must beat 90 % "
+                          f"of real pairs scored with a displaced mask), got {f.misaligned_quantile}")
+    if int(f.calibration_items) < 1:
+        raise ConfigError(f"filter.calibration_items must be >= 1 real pairs to score, got {f.calibration_items}")
+    if not 0.0 <= float(f.min_kept_fraction) <= 1.0:
+        raise ConfigError(f"filter.min_kept_fraction must be in [0, 1] (0 = accept any number of kept masks), "
+                          f"got {f.min_kept_fraction}")
+
+
+def _validate_audit(a) -> None:
+    for key, low in (("max_images", 2), ("max_reference", 1), ("max_real", 2), ("pairs", 1), ("reader_size", 32)):
+        if int(getattr(a, key)) < low:
+            raise ConfigError(f"audit.{key} must be >= {low}, got {getattr(a, key)} (docs/audit.md)")
+    if int(a.figure_pairs) < 0:
+        raise ConfigError(f"audit.figure_pairs must be >= 0 (0 = no figure), got {a.figure_pairs}")
+    if not 0.0 <= float(a.copy_margin) < 1.0:
+        raise ConfigError(f"audit.copy_margin must be in [0, 1) (0.5: halfway from the baseline to identical), got {a.copy_margin}")
+    for key in ("copy_quantile", "min_dice"):
+        if not 0.0 <= float(getattr(a, key)) <= 1.0:
+            raise ConfigError(f"audit.{key} must be in [0, 1], got {getattr(a, key)} (docs/audit.md)")
+    if not a.segmenter or "/" in a.segmenter or a.segmenter.startswith("."):
+        raise ConfigError(f"audit.segmenter must name a folder under <workdir>/segment (e.g. engine), got '{a.segmenter}'")
