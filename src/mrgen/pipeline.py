@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from mrgen import config as C
-from mrgen import contract, dist, io, lock
+from mrgen import contract, devices, dist, io, lock
 
 STAGES_FILE = "stages.json"
 SCHEMA = 2
@@ -90,7 +90,7 @@ def run(cfg: C.Config, only: tuple | None = None, provided: tuple = (), meter: C
     if cfg.sample.shard != "auto":
         raise C.ConfigError(f"sample.shard={cfg.sample.shard} splits `mrgen synthesize` by hand; `mrgen run` renders "
                             f"every mask (under accelerate launch its processes share them): leave sample.shard=auto")
-    procs = dist.processes(cfg.run.device)
+    procs = dist.processes(devices.of(cfg))
     console = Console(stderr=True, quiet=not procs.main)
     say = (log or _print(console)) if procs.main else (lambda text: None)
     with lock.hold(cfg.workdir, say):

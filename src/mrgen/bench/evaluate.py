@@ -58,7 +58,8 @@ def evaluate(seg: Path, rows: list, cfg, out_dir: Path, labels: dict, groups: di
 
     root = cfg.workdir / "curated"
     pct = float(getattr(cfg.evaluate, "hd_percentile", 95.0))
-    raw = evaluate_segmenter(seg, rows, root, out_dir, labels, pct, int(getattr(cfg.evaluate, "overlays", 6)), devices.of(cfg))
+    raw = evaluate_segmenter(seg, rows, root, out_dir, labels, pct, int(getattr(cfg.evaluate, "overlays", 6)),
+                             device=devices.of(cfg))
     raw_labels = {n: {"dice": raw["dice"].get(n), "hd95": raw["hd95"].get(n)} for n in raw["dice"]}
     vols = list(predict_rows(load_segmenter(seg, devices.of(cfg)), [r for r in rows if r.get("has_mask", True)], root))
     per_case = []

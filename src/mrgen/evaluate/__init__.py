@@ -54,9 +54,9 @@ def evaluate_run(cfg, names: list | None = None) -> dict:
         raise FileNotFoundError(f"no trained segmenter {names or ''} under {seg}; run `mrgen segment train -w {wd}` first")
     rows = assign(Index(wd / "curated" / "index.parquet"), cfg).test
     labels = label_names(wd)
-    procs = dist.processes(cfg.run.device)
+    procs = dist.processes(devices.of(cfg))
     summary = {n: evaluate_segmenter(seg / n, rows, wd / "curated", wd / "eval" / n, labels,
-                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, procs, devices.of(cfg)) for n in todo}
+                                     cfg.evaluate.hd_percentile, cfg.evaluate.overlays, procs, device=devices.of(cfg)) for n in todo}
 
     def finish() -> dict:
         path = wd / "eval" / "summary.json"

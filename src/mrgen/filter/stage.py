@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrgen import dist, io
+from mrgen import devices, dist, io
 from mrgen.filter.scorers import build_scorer, score_any
 from mrgen.filter.select import Thresholds, select_mask
 
@@ -129,7 +129,7 @@ def run(cfg) -> dict:
         scorer = scorer or build_scorer(cfg)  # built only when something is not cached
         return score_candidates(scorer, images, scored_mask(scorer, mask, context), key, meta)
 
-    procs = dist.processes(cfg.run.device)
+    procs = dist.processes(devices.of(cfg))
     resumed, mine = 0, {}
     with Progress(transient=True, disable=not procs.main) as bar:
         task = bar.add_task(f"filter ({sid})", total=len(files))

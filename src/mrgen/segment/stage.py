@@ -12,7 +12,7 @@ and skips a finished model); ``segment/summary.json`` lists the sets and their s
 
 from __future__ import annotations
 
-from mrgen import dist, io
+from mrgen import devices, dist, io
 from mrgen.config import Config
 
 SUMMARY = "summary.json"
@@ -50,5 +50,5 @@ def train_sets(cfg: Config) -> dict:
             continue
         train_segmenter(images, masks, k, cfg, cfg.workdir / "segment" / name, name)
         out[name] = f"{len(images)} pairs"
-    dist.processes(cfg.run.device).on_main(lambda: io.write_json(cfg.workdir / "segment" / SUMMARY, out))
+    dist.processes(devices.of(cfg)).on_main(lambda: io.write_json(cfg.workdir / "segment" / SUMMARY, out))
     return out

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrgen import dist, io, prompts, seeds
+from mrgen import devices, dist, io, prompts, seeds
 from mrgen.config import Config
 from mrgen.synthesize.masks import find_item, load_row_mask, mask_items, mask_key, source_masks  # noqa: F401
 
@@ -89,7 +89,7 @@ def run(cfg: Config) -> dict:
 
     from mrgen.controller import load_generator
 
-    procs = dist.processes(cfg.run.device)
+    procs = dist.processes(devices.of(cfg))
     out = cfg.workdir / SYNTH / "candidates"
     items = mask_items(cfg)
     finished = lambda r: (out / f"{r['key']}.npz").exists()  # noqa: E731
