@@ -8,7 +8,8 @@ reference run's write log: the middle of each stage's window. After each kill ev
 completely (no partial file is left where a later stage would read it), the rerun must not fail, and the final
 folder must equal the reference (:func:`compare.differences`).
 
-``MRGEN_FAULT_POINTS=n`` caps the number of points (while developing); unset: the full suite.
+``MRGEN_FAULT_POINTS=n`` caps the number of points; unset: ``DEFAULT_POINTS`` (10, what CI runs);
+``MRGEN_FAULT_POINTS=all``: the full suite (about 60 points; not yet run to completion, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ STRIDE = 5  # writes between two kills of a chain: a tiny run makes 135 atomic w
 TIMED_STAGES = ("curate", "autoencoder", "ldm", "synthesize", "filter", "segment", "evaluate")
 
 
+DEFAULT_POINTS = 10  # the default (CI) run: on 2 cores the full suite (~60 points) takes far longer than CI allows
+
+
 def _cap() -> int | None:
-    v = os.environ.get("MRGEN_FAULT_POINTS")
-    return int(v) if v else None
+    v = os.environ.get("MRGEN_FAULT_POINTS", str(DEFAULT_POINTS))
+    return None if v in ("all", "full") else int(v)
 
 
 def _budget(share: float, full: int) -> int:
