@@ -53,11 +53,26 @@ def write_fake_run(workdir, builder) -> dict:
     return {"copies": ["k0#0", "k0#1", "k1#0"], "new": ["k0#2", "k1#1"]}
 
 
+def build_tiny_index(*args, **kwargs):
+    """tests/conftest.py's ``build_tiny_index``, loaded by path: ``from conftest import ...`` finds whichever
+    conftest.py is first on sys.path (tests/faults/ puts its own there in a full run)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "_mrgen_tests_root_conftest"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod.build_tiny_index(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
     """``(cfg, plan)`` of a fresh fake run folder (one per test module)."""
-    from conftest import build_tiny_index  # tests/conftest.py (tests/ is on sys.path under pytest)
-
     wd = tmp_path_factory.mktemp("audit_run")
     plan = write_fake_run(wd, build_tiny_index)
     from mrgen.config import load_config

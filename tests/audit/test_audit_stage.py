@@ -92,7 +92,7 @@ def test_audit_config_is_validated():
 
 
 def test_a_run_that_kept_nothing_is_recorded_not_raised(tmp_path):
-    from conftest import build_tiny_index
+    from fake_run import build_tiny_index
 
     from mrgen import io
     from mrgen.audit.section import markdown
