@@ -138,6 +138,8 @@ def _changed(value):
         return value + 1
     if isinstance(value, float):
         return value * 1.5 + 0.125
+    if value == "auto":  # run.device: another valid device
+        return "cpu"
     if isinstance(value, str):
         return value + "x"
     if isinstance(value, tuple):
@@ -207,7 +209,7 @@ EXPECTED = {  # hand-written: what a user changes -> what must re-run (the issue
 def test_the_settings_users_change_rerun_what_they_should(stub_run, key):
     cfg, go = stub_run
     value = {"run.test_subjects": ("sub-007",), "run.source_subjects": ("sub-001",), "run.target_datasets": ("phantom",),
-             "run.device": "cuda", "export.format": "nifti"}.get(key, None)
+             "run.device": "cpu", "export.format": "nifti"}.get(key, None)
     new = _replace(cfg, key, value if value is not None else _changed(_get(cfg, key)))
     assert go(new) == EXPECTED[key]
 

@@ -45,6 +45,9 @@ CASES = {  # stage -> (folders copied from the reference, the folder it writes, 
 @pytest.mark.fault("disk full during a stage", action="free space where the message says, rerun the same command")
 @pytest.mark.parametrize("stage", CASES)
 def test_full_disk_is_one_clear_error_and_the_rerun_completes(small_disk, reference, stage):
+    if stage == "synthesize":
+        pytest.xfail("open (issue #18): the rerun after a full disk completes, but 2 of its candidate files differ "
+                     "from the uninterrupted run's in the last bits (with 2 threads; equal with 1)")
     ref = reference[0]
     inputs, out, leave = CASES[stage]
     wd = small_disk / "run"

@@ -93,7 +93,9 @@ def run(cfg: Config) -> dict:
     out = cfg.workdir / SYNTH / "candidates"
     items = mask_items(cfg)
     finished = lambda r: (out / f"{r['key']}.npz").exists()  # noqa: E731
-    todo_groups = [g for g in ([r for r in g if not finished(r)] for g in my_groups(cfg, items, procs)) if g]
+    # a group with an unfinished mask is rendered whole, in the batches of an uninterrupted run (batch composition
+    # changes the pixels in the last bits), and only its unfinished masks are written: a resumed run equals one run
+    todo_groups = [g for g in my_groups(cfg, items, procs) if any(not finished(r) for r in g)]
     rows = [r for g in my_groups(cfg, items, dist.Procs()) for r in g]  # the masks of sample.shard
     done = sum(1 for r in rows if finished(r))
     procs.barrier()  # every process has counted the finished masks before any writes one
@@ -116,7 +118,9 @@ def run(cfg: Config) -> dict:
                 for (r, c), img, seed, text, m in zip(batch, imgs, seeds, texts, masks):
                     pending.setdefault(r["id"], []).append((c, img[0].float().numpy(), seed, text, m.numpy()))
                     if len(pending[r["id"]]) == cfg.sample.candidates:
-                        _write_mask(cfg, gen, r, pending.pop(r["id"]), out)
+                        done_now = pending.pop(r["id"])
+                        if not finished(r):
+                            _write_mask(cfg, gen, r, done_now, out)
                 bar.advance(task, len(batch))
     return procs.on_main(lambda: _finish(cfg, len(rows), done))
 
