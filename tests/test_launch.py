@@ -6,8 +6,7 @@ candidates in batches of 2, so masks go out in groups of 2 whose jobs fill whole
 and as ``accelerate launch --num_processes 2 --cpu``, both with OMP_NUM_THREADS=1 (the segmenters
 the 1-process run trained are copied over: training on 2 processes is tests/train's). Compared byte
 for byte: ``provenance.jsonl``, the candidate images, ``kept.json``, ``scores.jsonl``, the
-evaluation files and ``image_quality.json``. The one tolerance: wall-clock seconds (``sec`` per
-scored candidate, ``summary.sec_per_candidate``) are dropped before comparing, and paths that name
+evaluation files and ``image_quality.json`` (no artefact holds a wall-clock time); paths that name
 the run folder are compared with it replaced. ``tests/launched_stages.py`` logs which process did
 which mask, candidate file and test volume: they must split the work, not each do all of it.
 """
@@ -60,15 +59,6 @@ def _json(path: Path, wd: Path):
     return json.loads(path.read_text().replace(str(wd), "<run>"))
 
 
-def _timeless(obj):
-    """``obj`` without wall-clock fields (``sec``, ``sec_per_candidate``)."""
-    if isinstance(obj, dict):
-        return {k: _timeless(v) for k, v in obj.items() if k not in ("sec", "sec_per_candidate")}
-    if isinstance(obj, list):
-        return [_timeless(v) for v in obj]
-    return obj
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     if not ACCELERATE.exists():
@@ -116,9 +106,9 @@ def test_synthesis_equals_one_process(runs):
 
 def test_filter_equals_one_process(runs):
     one, two = runs
-    a, b = (_timeless(_json(wd / "filter" / "kept.json", wd)) for wd in (one, two))
+    a, b = (_json(wd / "filter" / "kept.json", wd) for wd in (one, two))
     assert a == b and len(a["kept"]) >= 4 and a["summary"]["candidates"] == 12
-    lines = [[_timeless(json.loads(x)) for x in (wd / "filter" / "scores.jsonl").read_text().splitlines()]
+    lines = [[json.loads(x) for x in (wd / "filter" / "scores.jsonl").read_text().splitlines()]
              for wd in (one, two)]
     assert lines[0] == lines[1] and len(lines[0]) == 12
     assert (two / "filter" / "calibration.json").read_bytes() == (one / "filter" / "calibration.json").read_bytes()

@@ -33,6 +33,19 @@ def save_state(folder: Path, tensors: dict, info: dict) -> None:
     io.write_json(folder / "state.json", info)
 
 
+def sync_copy(folder: Path, info: dict) -> None:
+    """Rewrite ``state.json`` from the ``info`` loaded out of ``state.safetensors`` when they differ (a kill between
+    the two writes of :func:`save_state` leaves the readable copy one checkpoint behind)."""
+    want = {"schema": SCHEMA, **{k: v for k, v in info.items() if k != "schema"}}
+    path = folder / "state.json"
+    try:
+        same = json.loads(path.read_text()) == json.loads(json.dumps(want, default=io._json_default))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        io.write_json(path, want)
+
+
 def load_state(folder: Path) -> tuple[dict, dict] | None:
     """``(tensors, info)`` saved by :func:`save_state` in ``folder``, or ``None`` when there is none."""
     from safetensors import safe_open

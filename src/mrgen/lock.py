@@ -41,7 +41,7 @@ _held: dict[str, int] = {}  # resolved lock path -> nesting depth (this process)
 _mutex = threading.Lock()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,7 +77,7 @@ def stale_reason(rec: dict, now: float | None = None) -> str:
     now = time.time() if now is None else now
     if not rec:
         return "the lock file is unreadable"
-    if rec.get("host") == socket.gethostname() and not _alive(int(rec.get("pid", -1))):
+    if rec.get("host") == socket.gethostname() and not alive(int(rec.get("pid", -1))):
         return f"process {rec.get('pid')} is not running"
     if float(rec.get("lease_until", 0)) < now:
         return f"its lease expired {now - float(rec.get('lease_until', 0)):.0f} s ago"

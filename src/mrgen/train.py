@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mrgen import devices, io, seeds
-from mrgen.checkpoint import load_state, optim_from_flat, optim_to_flat, rng_state, save_state, set_rng
+from mrgen.checkpoint import load_state, optim_from_flat, optim_to_flat, rng_state, save_state, set_rng, sync_copy
 
 CKPT = "ckpt"
 LOG = "train_log.jsonl"
@@ -243,6 +243,8 @@ class _Loop:
                 self.ema = [tensors[f"ema/{k}"].to(self.acc.device) for k, _ in self.named]
             set_rng(tensors, info["rng"])
             start = int(info["step"])
+            if self.main:
+                sync_copy(self.ckpt, info)
         if self.world > 1:  # identical start weights on every rank
             import torch.distributed as dist
 
@@ -252,8 +254,9 @@ class _Loop:
             job.out.mkdir(parents=True, exist_ok=True)
             old = self.log_path.read_text().splitlines() if self.log_path.exists() else []
             kept = [ln for ln in old if _logged_step(ln) <= start]
-            with io.atomic_path(self.log_path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in kept))
+            if kept != old or not self.log_path.exists():
+                with io.atomic_path(self.log_path) as tmp:
+                    tmp.write_text("".join(ln + "\n" for ln in kept))
         return start
 
     def step(self, step: int) -> float:
@@ -393,7 +396,8 @@ def fit(job: Job) -> dict:
             if tcfg.preview_every and done_steps % tcfg.preview_every == 0:
                 loop.preview(done_steps)
     final = max(start, tcfg.steps)
-    loop.checkpoint(final)
+    if start < final:  # a rerun killed after the last checkpoint only exports again
+        loop.checkpoint(final)
     loop.acc.wait_for_everyone()
     loop.export(final)
     loop.acc.wait_for_everyone()

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def test_without_nnunet_raw_the_dataset_goes_into_the_run(tmp_path):
     manifest = json.loads((folder / "mrgen_export.json").read_text())
     assert manifest["content_hash"] == _sha_of_files(folder) and manifest["cases"] == 2
     assert json.loads((folder / "dataset.json").read_text())["name"] == "Dataset003_Syn"  # not the staging folder's
+    assert (folder / "dataset_card.md").read_text().startswith("# Dataset003_Syn: dataset card")  # nor here (a pid)
     record = json.loads((tmp_path / "nnunet" / "export.json").read_text())
     assert Path(record["folder"]) == folder.resolve() and record["content_hash"] == manifest["content_hash"]
     assert _leftovers(tmp_path / "nnunet") == []
@@ -178,3 +180,30 @@ def test_the_nnunet_backend_runs_nnunets_commands_or_says_how_to_install_it(tmp_
     assert Path(env["nnUNet_raw"]) == (tmp_path / "nnunet").resolve() and Path(res["nnUNet_results"]).parent == Path(env["nnUNet_raw"])
     monkeypatch.setattr(nnunet.shutil, "which", lambda name, path=None: f"/venv/bin/{name}")
     assert nnunet.command(["nnUNetv2_train", "3", "2d", "0"]) == ["/venv/bin/nnUNetv2_train", "3", "2d", "0"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_recover_puts_back_a_dataset_moved_aside_by_a_killed_export_and_removes_its_staging(tmp_path):
+    from mrgen.export.handoff import recover
+
+    folder = tmp_path / "Dataset501_X"
+    dead = _dead_pid()
+    aside, staged = tmp_path / f".Dataset501_X.old-{dead}", tmp_path / f".Dataset501_X.tmp-{dead}"
+    (aside / "imagesTr").mkdir(parents=True)
+    (aside / "dataset.json").write_text("{}")
+    (staged / "labelsTr").mkdir(parents=True)
+    live = tmp_path / f".Dataset501_X.tmp-{os.getpid()}"  # a running export's staging folder stays
+    live.mkdir()
+    recover(folder)
+    assert (folder / "dataset.json").read_text() == "{}" and (folder / "imagesTr").is_dir()
+    assert not aside.exists() and not staged.exists() and live.exists()
+    aside.mkdir()  # the new dataset arrived before the kill: the old copy is only removed
+    recover(folder)
+    assert not aside.exists() and (folder / "dataset.json").exists()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import mrgen_offline
+from zygote import Zygote
 
 _REPORT: dict = {}
 
@@ -60,9 +60,19 @@ def fault_report():
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
+def zygotes():
+    """Fork servers of the kill suite (:mod:`zygote`): one per core, at most 2 (CI's machine has 2)."""
+    zs = [Zygote() for _ in range(max(1, min(2, os.cpu_count() or 1)))]
+    yield zs
+    for z in zs:
+        z.close()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, zygotes):
     """``(run folder, seconds, write log records, start time, network attempts log)`` of an uninterrupted tiny run
-    with sockets blocked (test_network.py checks it made no attempt); copy it to modify.
+    with sockets blocked (a child of the kill suite's fork server; test_network.py checks it made no attempt);
+    copy it to modify. Start time: the request to the fork server (the kill suite times its kills the same way).
 
     ``MRGEN_FAULT_REFERENCE=folder``: make it there once and reuse it in later sessions (while developing).
     """
@@ -73,7 +83,8 @@ def reference(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
         t0 = time.time()
-        res = mrgen_offline("run", "--preset", "tiny", "-w", str(wd), net_log=net, MRGEN_FAULT_LOG=str(log))
+        net.touch()
+        res = zygotes[0].mrgen("run", "--preset", "tiny", "-w", str(wd), MRGEN_NET_LOG=str(net), MRGEN_FAULT_LOG=str(log))
         assert res.returncode == 0, res.stderr[-3000:]
         done.write_text(json.dumps({"t0": t0, "seconds": time.time() - t0}))
     rec = json.loads(done.read_text())

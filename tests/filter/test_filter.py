@@ -124,8 +124,10 @@ def test_filter_stage_writes_scores_kept_figure_and_resumes(tmp_path):
     assert sorted(k["candidate"] for k in kept["kept"]) == [0, 0, 0, 2, 2, 2]  # the aligned renders
     assert all(k["mask_id"].startswith("ds/") for k in kept["kept"])
     assert (tmp_path / "filter" / "kept_vs_rejected.png").stat().st_size > 1000
+    first = (tmp_path / "filter" / "kept.json").read_bytes()
     again = F.run(cfg)
     assert again["resumed_masks"] == 3 and again["kept"] == 6
+    assert (tmp_path / "filter" / "kept.json").read_bytes() == first  # resumed or not, the same file
 
 
 def test_sam2_without_checkpoint_says_how_to_install():

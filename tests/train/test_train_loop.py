@@ -188,3 +188,21 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
     assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
+
+
+def test_a_kill_between_the_two_checkpoint_writes_leaves_a_readable_copy_that_resume_repairs(tmp_path):
+    """``state.safetensors`` is renamed first, ``state.json`` second: killed in between, the copy is one checkpoint
+    behind; the loop's resume rewrites it from the safetensors' own record, to the bytes a clean save writes."""
+    import torch
+
+    from mrgen.checkpoint import load_state, save_state, sync_copy
+
+    save_state(tmp_path, {"w": torch.zeros(3)}, {"step": 2, "fingerprint": "f"})
+    old = (tmp_path / "state.json").read_bytes()
+    save_state(tmp_path, {"w": torch.ones(3)}, {"step": 4, "fingerprint": "f"})
+    clean = (tmp_path / "state.json").read_bytes()
+    (tmp_path / "state.json").write_bytes(old)  # the kill: the second copy never renamed
+    _, info = load_state(tmp_path)
+    assert info["step"] == 4
+    sync_copy(tmp_path, info)
+    assert (tmp_path / "state.json").read_bytes() == clean != old

@@ -60,17 +60,19 @@ def _audit(rec: dict | None) -> list:
     return lines + (["", f"Near-copy rule: {rule}."] if rule else []) + [""]
 
 
-def write_card(out_dir: str | Path, workdir: str | Path, provenance: list, title: str) -> Path:
-    """``out_dir/dataset_card.md`` (and ``out_dir/audit.json`` when the run has an audit)."""
+def write_card(out_dir: str | Path, workdir: str | Path, provenance: list, title: str, name: str | None = None) -> Path:
+    """``out_dir/dataset_card.md`` (and ``out_dir/audit.json`` when the run has an audit); ``name``: the dataset's
+    folder name when ``out_dir`` is a staging folder (default: ``out_dir``'s name)."""
     out, wd = Path(out_dir), Path(workdir)
     kept_path, audit_path = wd / "filter" / "kept.json", wd / "audit" / "audit.json"
     kept = io.read_json(kept_path) if kept_path.exists() else None
     rec = io.read_json(audit_path) if audit_path.exists() else None
-    if rec is not None:
-        io.write_json(out / "audit.json", rec)
+    if rec is not None:  # without the run folder's path: the dataset's content (and hash) is the same wherever it ran
+        run = {k: v for k, v in rec.get("run", {}).items() if k != "workdir"} if isinstance(rec.get("run"), dict) else rec.get("run")
+        io.write_json(out / "audit.json", {**rec, "run": run} if "run" in rec else rec)
     else:
         (out / "audit.json").unlink(missing_ok=True)  # never the audit of an earlier export
-    lines = [f"# {out.name}: dataset card", "", f"{title}. {len(provenance)} cases, written by mrgen "
+    lines = [f"# {name or out.name}: dataset card", "", f"{title}. {len(provenance)} cases, written by mrgen "
              "(`mrgen export nnunet`); images are synthetic, masks are the conditioning masks they were rendered from.",
              ""] + _provenance(provenance) + _filter(kept) + _audit(rec)
     path = out / "dataset_card.md"

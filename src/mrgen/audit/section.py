@@ -18,7 +18,7 @@ def markdown(rec: dict) -> list:
              f"`mrgen audit` on {sz['synthetic']['audited']} of {sz['synthetic']['of']} kept synthetic images, "
              f"{sz['training']['audited']} of {sz['training']['of']} engine training images, "
              f"{sz['held_out']['audited']} held-out and {sz['target']['audited']} real target images "
-             f"(`audit/audit.json`, {rec.get('seconds', '?')} s; docs/audit.md).", "",
+             f"(`audit/audit.json`; docs/audit.md).", "",
              "### Memorisation", "",
              f"Nearest training image of each kept synthetic image: SSIM max {_f(mem['synthetic']['ssim'].get('max'))}, "
              f"median {_f(mem['synthetic']['ssim'].get('median'))}; feature cosine max "

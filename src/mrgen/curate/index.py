@@ -98,7 +98,8 @@ class Index:
                 table = pq.read_table(self.path, page_checksum_verification=True)
                 want = (table.schema.metadata or {}).get(HASH_KEY.encode())
                 same = want is None or content_hash(table) == want.decode(errors="replace")
-            except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable names or values
+            # ValueError: undecodable names or values; TypeError: a flipped schema byte made a text column binary
+            except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise
                 raise io.corrupt(self.path, exc, self._fix()) from None

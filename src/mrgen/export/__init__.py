@@ -52,7 +52,7 @@ def run(cfg) -> dict:
     built = staging(out)
     res = export_pairs(pairs, built, run_labels(wd), cfg.run.target_modality, fmt, provenance=prov,
                        context=context_values(wd / "curated"), name=out.name, description=title)
-    card = write_card(built, wd, prov, title)  # provenance, filter settings, the audit's headline
+    card = write_card(built, wd, prov, title, name=out.name)  # provenance, filter settings, the audit's headline
     status, digest = publish(built, out, cfg.export.overwrite, {"cases": len(pairs), "run": str(Path(wd).resolve())})
     io.write_json(wd / "nnunet" / RECORD, {"folder": str(out.resolve()), "dataset_id": cfg.export.dataset_id,
                                           "name": cfg.export.name, "content_hash": digest, "cases": len(pairs)})

@@ -65,8 +65,32 @@ def _same_id(root: Path, folder: Path) -> list[str]:
     return sorted(p.name for p in root.glob(prefix + "*") if p.is_dir() and p.name != folder.name) if root.exists() else []
 
 
+def _dead(p: Path, tag: str) -> bool:
+    """``p`` is ``.<name>.<tag>-<pid>`` of a process that is no longer running."""
+    from mrgen.lock import alive
+
+    pid = p.name.rsplit(f".{tag}-", 1)[-1]
+    return pid.isdigit() and not alive(int(pid))
+
+
+def recover(folder: Path) -> None:
+    """Undo what a killed export left beside ``folder``: a dataset moved aside for replacement goes back when
+    the new one never arrived (else it is removed), and a half-built staging folder is removed."""
+    for p in folder.parent.glob(f".{folder.name}.old-*"):
+        if _dead(p, "old"):
+            if folder.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.rename(folder)
+    for p in folder.parent.glob(f".{folder.name}.tmp-*"):
+        if _dead(p, "tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def staging(folder: Path) -> Path:
-    """A fresh folder beside ``folder`` (same file system, so :func:`publish` is one rename)."""
+    """A fresh folder beside ``folder`` (same file system, so :func:`publish` is one rename), after
+    :func:`recover` has cleaned up after a killed export."""
+    recover(folder)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

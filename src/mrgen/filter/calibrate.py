@@ -177,5 +177,7 @@ def calibrate(cfg, score: Callable[[np.ndarray, np.ndarray, str], dict], sid: st
                "unscored": sum(1 for r in scores if not r["labels"]), "scored_now": rescored,
                "distribution": dist, "misaligned_quantile": float(f.misaligned_quantile), "displace": DISPLACE,
                "displaced_distribution": moved_dist, "thresholds": t.as_dict()}
-    io.write_json(out / CALIBRATION, {"schema": 1, **summary, "scores": scores + moved})
+    # scored_now says how this call got there (cached scores or not), not what it found: returned, not written
+    io.write_json(out / CALIBRATION, {"schema": 1, **{k: v for k, v in summary.items() if k != "scored_now"},
+                                      "scores": scores + moved})
     return t, summary

@@ -32,7 +32,6 @@ are background (:func:`scored_mask`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +69,6 @@ def score_candidates(scorer, images: np.ndarray, mask: np.ndarray, key: str, met
     meta = meta or [{} for _ in range(len(images))]
     recs = []
     for c, img in enumerate(images):
-        t0 = time.perf_counter()
         s = score_any(scorer, np.asarray(img, np.float32), mask)
         m = meta[c] if c < len(meta) else {}
         recs.append({
@@ -78,7 +76,6 @@ def score_candidates(scorer, images: np.ndarray, mask: np.ndarray, key: str, met
             "labels": {str(k): {"iou": round(float(v[0]), 4), "conf": round(float(v[1]), 4)} for k, v in sorted(s.items())},
             "mean_iou": round(float(np.mean([v[0] for v in s.values()])), 4) if s else 0.0,
             "mean_conf": round(float(np.mean([v[1] for v in s.values()])), 4) if s else 0.0,
-            "sec": round(time.perf_counter() - t0, 4),
         })
     return recs
 
@@ -182,19 +179,20 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
         lines += [json.dumps(r) for r in sorted(recs, key=lambda r: r["candidate"])]
     with io.atomic_path(out / "scores.jsonl") as tmp:
         tmp.write_text("".join(ln + "\n" for ln in lines))
-    secs = [r["sec"] for recs in all_recs.values() for r in recs if "sec" in r]
     masks_with = outcomes["kept"] + outcomes["relaxed"]
     summary = {"masks": len(all_recs), "masks_kept": outcomes["kept"], "masks_relaxed": outcomes["relaxed"],
                "masks_dropped": outcomes["dropped"], "kept_fraction": round(masks_with / max(1, len(all_recs)), 4),
-               "candidates": len(lines), "kept": len(kept), "resumed_masks": resumed,
-               "sec_per_candidate": round(float(np.mean(secs)), 4) if secs else None}
+               "candidates": len(lines), "kept": len(kept), "resumed_masks": resumed}
     if calibration:
         summary["calibration_scored_now"] = calibration["scored_now"]
+    # how this call got there (masks resumed, real pairs scored now): returned and printed, never written, so
+    # kept.json is the same whether the filter ran once or was killed and resumed
+    history = ("resumed_masks", "calibration_scored_now", "scored_now")
     report = {"schema": 1, "scorer": sid, "thresholds": t.as_dict(), "threshold_mode": f.thresholds,
-              "calibration": calibration,
+              "calibration": {k: v for k, v in calibration.items() if k not in history} if calibration else calibration,
               "selection": {"keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep, "top": f.top,
                             "min_kept_fraction": f.min_kept_fraction},
-              "kept": kept, "dropped": dropped, "summary": summary}
+              "kept": kept, "dropped": dropped, "summary": {k: v for k, v in summary.items() if k not in history}}
     if summary["kept_fraction"] < f.min_kept_fraction:
         io.write_json(out / STARVED, report)
         (out / "kept.json").unlink(missing_ok=True)  # a selection of other settings must not reach export
