@@ -25,7 +25,7 @@ def save_state(folder: Path, tensors: dict, info: dict) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    info = {"schema": SCHEMA, **info}
+    info = _readable(info)
     # one metadata key (safetensors orders several at random: equal states would differ in bytes)
     text = json.dumps({**info, "sha256": tensors_hash(tensors)}, default=io._json_default)
     with io.atomic_path(folder / "state.safetensors", suffix=".safetensors") as tmp:
@@ -33,10 +33,15 @@ def save_state(folder: Path, tensors: dict, info: dict) -> None:
     io.write_json(folder / "state.json", info)
 
 
+def _readable(info: dict) -> dict:
+    """What ``state.json`` holds: the checkpoint info with its schema first."""
+    return {"schema": SCHEMA, **{k: v for k, v in info.items() if k != "schema"}}
+
+
 def sync_copy(folder: Path, info: dict) -> None:
     """Rewrite ``state.json`` from the ``info`` loaded out of ``state.safetensors`` when they differ (a kill between
     the two writes of :func:`save_state` leaves the readable copy one checkpoint behind)."""
-    want = {"schema": SCHEMA, **{k: v for k, v in info.items() if k != "schema"}}
+    want = _readable(info)
     path = folder / "state.json"
     try:
         same = json.loads(path.read_text()) == json.loads(json.dumps(want, default=io._json_default))

@@ -47,10 +47,13 @@ def _budget(share: float, full: int) -> int:
     return full if cap is None else max(1, round(cap * share))
 
 
+FOLDERS = {"curated": "curate", "synth": "synthesize", "nnunet": "export", "eval": "evaluate"}  # else: the stage's name
+FOLDER = {stage: folder for folder, stage in FOLDERS.items()}  # stage -> the folder it writes
+
+
 def _stage_of(path: str, wd) -> str:
     rel = os.path.relpath(path, wd).split(os.sep)[0]
-    return {"curated": "curate", "synth": "synthesize", "nnunet": "export", "eval": "evaluate", "config.yaml": "run",
-            "stages.json": "run", "report.md": "evaluate"}.get(rel, rel)
+    return {**FOLDERS, "config.yaml": "run", "stages.json": "run", "report.md": "evaluate"}.get(rel, rel)
 
 
 def _last_kill(log) -> dict:
@@ -96,9 +99,6 @@ def _finish(z, wd, reference, points: list[dict]) -> list[dict]:
     for p in points if diff else []:
         p.update(survived=False, why=str(diff[:3]))
     return points
-
-
-FOLDER = {"curate": "curated", "synthesize": "synth", "evaluate": "eval"}  # stage -> the folder it writes
 
 
 def _windows(reference) -> dict:

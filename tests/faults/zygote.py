@@ -23,12 +23,7 @@ SERVER = BLOCK_NETWORK + r"""
 import json, os, signal, sys, time
 import torch, monai  # noqa: F401 - the imports every run would repeat
 from mrgen import cli, pipeline
-for m in ("audit", "autoencoder", "controller", "curate", "evaluate", "export", "labelgen", "ldm", "phantom",
-          "synthesize", "filter", "segment.stage", "morph.masks", "audit.stage", "filter.stage"):
-    try:
-        __import__("mrgen." + m)
-    except Exception:
-        pass
+pipeline._functions()  # imports every stage module
 out = os.fdopen(os.dup(1), "w", buffering=1)
 print(json.dumps({"ready": os.getpid()}), file=out)
 for line in sys.stdin:

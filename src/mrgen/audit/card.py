@@ -68,8 +68,9 @@ def write_card(out_dir: str | Path, workdir: str | Path, provenance: list, title
     kept = io.read_json(kept_path) if kept_path.exists() else None
     rec = io.read_json(audit_path) if audit_path.exists() else None
     if rec is not None:  # without the run folder's path: the dataset's content (and hash) is the same wherever it ran
-        run = {k: v for k, v in rec.get("run", {}).items() if k != "workdir"} if isinstance(rec.get("run"), dict) else rec.get("run")
-        io.write_json(out / "audit.json", {**rec, "run": run} if "run" in rec else rec)
+        if "run" in rec:
+            rec = {**rec, "run": {k: v for k, v in rec["run"].items() if k != "workdir"}}
+        io.write_json(out / "audit.json", rec)
     else:
         (out / "audit.json").unlink(missing_ok=True)  # never the audit of an earlier export
     lines = [f"# {name or out.name}: dataset card", "", f"{title}. {len(provenance)} cases, written by mrgen "

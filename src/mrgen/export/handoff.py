@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from mrgen import io
+from mrgen.lock import alive
 from mrgen.export.nnunet import dataset_folder
 
 MANIFEST = "mrgen_export.json"  # in the dataset folder: content hash, cases, the run it came from
@@ -67,8 +68,6 @@ def _same_id(root: Path, folder: Path) -> list[str]:
 
 def _dead(p: Path, tag: str) -> bool:
     """``p`` is ``.<name>.<tag>-<pid>`` of a process that is no longer running."""
-    from mrgen.lock import alive
-
     pid = p.name.rsplit(f".{tag}-", 1)[-1]
     return pid.isdigit() and not alive(int(pid))
 

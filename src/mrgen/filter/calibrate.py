@@ -39,6 +39,8 @@ import numpy as np
 from mrgen import io
 from mrgen.filter.select import Thresholds
 
+RUN_ONLY = ("scored_now",)  # how a call got there (cached scores or not), not what it found: returned, not written
+
 CALIBRATION = "calibration.json"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DISPLACE = 0.125  # displaced masks for the second chance: shifted by this fraction of the image size
@@ -177,7 +179,6 @@ def calibrate(cfg, score: Callable[[np.ndarray, np.ndarray, str], dict], sid: st
                "unscored": sum(1 for r in scores if not r["labels"]), "scored_now": rescored,
                "distribution": dist, "misaligned_quantile": float(f.misaligned_quantile), "displace": DISPLACE,
                "displaced_distribution": moved_dist, "thresholds": t.as_dict()}
-    # scored_now says how this call got there (cached scores or not), not what it found: returned, not written
-    io.write_json(out / CALIBRATION, {"schema": 1, **{k: v for k, v in summary.items() if k != "scored_now"},
+    io.write_json(out / CALIBRATION, {"schema": 1, **{k: v for k, v in summary.items() if k not in RUN_ONLY},
                                       "scores": scores + moved})
     return t, summary

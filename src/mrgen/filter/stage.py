@@ -37,11 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from mrgen import devices, dist, io
+from mrgen.filter.calibrate import RUN_ONLY as CALIBRATION_RUN_ONLY
 from mrgen.filter.scorers import build_scorer, score_any
 from mrgen.filter.select import Thresholds, select_mask
 
 FILTER = "filter"
 STARVED = "starved.json"
+# how a call got its result (masks resumed, real pairs scored now): returned and printed, never written, so kept.json
+# is the same whether the filter ran once or was killed and resumed
+RUN_ONLY = ("resumed_masks", "calibration_scored_now")
 
 
 class FilterStarved(ValueError):
@@ -185,9 +189,7 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
                "candidates": len(lines), "kept": len(kept), "resumed_masks": resumed}
     if calibration:
         summary["calibration_scored_now"] = calibration["scored_now"]
-    # how this call got there (masks resumed, real pairs scored now): returned and printed, never written, so
-    # kept.json is the same whether the filter ran once or was killed and resumed
-    history = ("resumed_masks", "calibration_scored_now", "scored_now")
+    history = RUN_ONLY + CALIBRATION_RUN_ONLY
     report = {"schema": 1, "scorer": sid, "thresholds": t.as_dict(), "threshold_mode": f.thresholds,
               "calibration": {k: v for k, v in calibration.items() if k not in history} if calibration else calibration,
               "selection": {"keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep, "top": f.top,
