@@ -64,7 +64,10 @@ def test_the_saved_config_records_the_resolved_device_and_loads_back_as_auto(no_
     tree = yaml.safe_load(path.read_text())
     assert tree["run"]["device"] == "auto"  # the setting: the folder still runs on a GPU machine
     assert tree["resolved"]["device"] == "cpu" and tree["resolved"]["requested"] == "auto"
-    assert tree["resolved"]["cuda_available"] is False and tree["resolved"]["bf16"] == "autocast"
+    assert tree["resolved"]["cuda_available"] is False
+    assert tree["resolved"]["bf16"] == ("autocast" if devices.cpu_bf16() else
+                                        "fp32 (no bf16 on this CPU (neither AVX512-BF16 nor AMX: bf16 autocast "
+                                        "would be emulated, about 9x slower))")
     assert C.to_dict(C.load_config("tiny", path)) == C.to_dict(cfg)
 
 
@@ -76,7 +79,16 @@ def test_the_device_is_in_no_stamp(no_cuda, tmp_path):
 
 
 def test_bf16_follows_the_device(monkeypatch, caplog):
+    monkeypatch.setattr(devices, "_warned", set())
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # AMX: bf16 on this CPU
     assert devices.mixed_precision("bf16", "cpu") == "bf16" and devices.mixed_precision("fp32", "cpu") == "no"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # AVX2 only: emulated, so fp32
+    with caplog.at_level(logging.WARNING, logger="mrgen.devices"):
+        assert devices.mixed_precision("bf16", "cpu") == "no"
+        assert devices.mixed_precision("bf16", "cpu") == "no"
+    assert caplog.text.count("no bf16 on this CPU") == 1  # said once
+    caplog.clear()
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert devices.mixed_precision("bf16", "cuda:0") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)

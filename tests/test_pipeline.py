@@ -56,3 +56,21 @@ def test_changed_stage_config_reruns_from_there_and_keeps_old(tiny_run):
     assert res.exit_code == 0, res.output
     assert "synthesize is current" in res.output and "filter is current" not in res.output
     assert list(wd.glob("filter.stale-*"))
+
+
+def test_engine_set_with_source_pairs_reruns_the_segment_stage_and_records_its_make_up(tiny_run):
+    from mrgen.pairs import read_kept
+
+    wd, _ = tiny_run
+    before = json.loads((wd / "segment" / "summary.json").read_text())
+    kept = len(read_kept(wd)["kept"])
+    assert before["engine_set"]["kind"] == "synthetic" and before["engine_set"]["pairs"] == {"synthetic": kept}
+    assert before["sets"]["engine"] == f"{kept} pairs"
+    res = CliRunner().invoke(app, ["run", "--preset", "tiny", "-w", str(wd), "filter.keep=2", "segment.engine_set=source+aug",
+                                   "segment.source_copies=1"])
+    assert res.exit_code == 0, res.output
+    assert "filter is current" in res.output and "segment is current" not in res.output
+    after = json.loads((wd / "segment" / "summary.json").read_text())
+    n_source = int(after["sets"]["source_only"].split()[0])
+    assert after["engine_set"]["pairs"] == {"synthetic": kept, "source": n_source, "source_randomised": n_source}
+    assert after["sets"]["engine"] == f"{kept + 2 * n_source} pairs"

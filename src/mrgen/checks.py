@@ -65,6 +65,7 @@ def validate(cfg) -> None:
             f"so the mask is downsampled {factor}x to latent size), got {list(cfg.controller.conditioning_channels)}"
         )
     _validate_filter(cfg.filter)
+    _validate_segment(cfg.segment)
     _validate_sample(cfg.sample)
     _validate_audit(cfg.audit)
     for stage in (cfg.autoencoder.train, cfg.ldm.train, cfg.controller.train, cfg.segment.train):
@@ -84,6 +85,17 @@ def _validate_sample(s) -> None:
     if float(s.eta) > 0 and s.solver != "ddim":
         raise ConfigError(f"sample.eta={s.eta} is DDIM's noise; sample.solver={s.solver} is a deterministic ODE solver: "
                           "set sample.eta=0 or sample.solver=ddim")
+
+
+ENGINE_SETS = ("synthetic", "source", "source+aug")  # segment.engine_set (mrgen.pairs.engine_set)
+
+
+def _validate_segment(s) -> None:
+    if s.engine_set not in ENGINE_SETS:
+        raise ConfigError(f"segment.engine_set must be one of {', '.join(ENGINE_SETS)} (synthetic = the kept pairs only; "
+                          f"source = plus the real source pairs; source+aug = plus randomised copies), got '{s.engine_set}'")
+    if int(s.source_copies) < 0:
+        raise ConfigError(f"segment.source_copies must be >= 0 randomised copies per source pair, got {s.source_copies}")
 
 
 def _validate_filter(f) -> None:

@@ -211,6 +211,11 @@ class SegmentCfg:
     original_labels: bool = True  # `segment predict` writes the label values of the user's mask files (else 1..N)
     backend: str = "monai"  # `mrgen segment train`: monai (built-in UNet) | nnunet (nnU-Net v2 on the export; docs/segment.md)
     nnunet_trainer: str = "nnUNetTrainer"  # backend=nnunet: nnUNetv2_train -tr
+    # the engine segmenter's training set (`mrgen run`'s `engine` set, `mrgen bench`'s mrgen methods; docs/segment.md):
+    # synthetic = the filter's kept pairs only (MRGen); source = plus the run's real annotated source-modality pairs;
+    # source+aug = plus `source_copies` intensity-randomised copies of each of those (mrgen.randomise)
+    engine_set: str = "synthetic"
+    source_copies: int = 4
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=2e-3, batch_size=16))
 
 

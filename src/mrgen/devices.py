@@ -61,20 +61,43 @@ def of(cfg) -> str:
     return resolve(cfg.run.device)
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX). Without either (an AVX2-only CPU) torch emulates
+    bf16 autocast, and a training step is about 9x slower than in fp32 (docs/performance.md)."""
+    import torch
+
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(p()) for p in probes if p is not None)
+
+
 def _bf16_ok(device: str) -> bool:
     import torch
 
-    return not str(device).startswith("cuda") or bool(torch.cuda.is_bf16_supported())
+    if str(device).startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16()
+
+
+def _no_bf16_reason(device: str) -> str:
+    if str(device).startswith("cuda"):
+        return "no bf16 on this GPU (torch.cuda.is_bf16_supported() is False: older than Ampere)"
+    return "no bf16 on this CPU (neither AVX512-BF16 nor AMX: bf16 autocast would be emulated, about 9x slower)"
+
+
+_warned: set = set()
 
 
 def mixed_precision(precision: str, device: str) -> str:
-    """``accelerate``'s ``mixed_precision`` for ``train.precision`` on ``device``: ``bf16`` or ``no`` (fp32)."""
+    """``accelerate``'s ``mixed_precision`` for ``train.precision`` on ``device``: ``bf16`` or ``no`` (fp32).
+    bf16 only where the hardware computes in it (:func:`cpu_bf16`, ``torch.cuda.is_bf16_supported``); else fp32,
+    said once per device (``config.yaml`` records it under ``resolved.bf16``)."""
     if precision != "bf16":
         return "no"
     if _bf16_ok(device):
         return "bf16"
-    log.warning("train.precision=bf16 but %s has no bf16 support (torch.cuda.is_bf16_supported() is False: a GPU "
-                "older than Ampere); training in fp32", device)
+    if device not in _warned:
+        _warned.add(device)
+        log.warning("train.precision=bf16 but %s: %s; training in fp32", device, _no_bf16_reason(device))
     return "no"
 
 
@@ -88,5 +111,5 @@ def describe(cfg) -> dict:
            "cuda_available": bool(torch.cuda.is_available())}
     if dev.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(torch.device(dev))
-    out["bf16"] = "autocast" if _bf16_ok(dev) else "fp32 (no bf16 on this GPU)"
+    out["bf16"] = "autocast" if _bf16_ok(dev) else f"fp32 ({_no_bf16_reason(dev)})"
     return out

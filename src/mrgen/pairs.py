@@ -111,3 +111,32 @@ def real_pairs(cfg: Config, rows: list[dict], keep_context: bool = False) -> tup
         images.append(img)
         masks.append(m)
     return images, masks
+
+
+def engine_set(cfg: Config, synthetic: tuple[list, list], source: tuple[list, list],
+               rng: np.random.Generator) -> tuple[tuple[list, list], dict]:
+    """The engine segmenter's training set (``segment.engine_set``) and its make-up ``{kind: pairs}``.
+
+    ``synthetic``: the engine's pairs (the filter's kept ones); ``source``: the run's real annotated
+    source-modality pairs. ``synthetic`` returns the synthetic pairs alone; ``source`` adds the source pairs;
+    ``source+aug`` also adds ``segment.source_copies`` intensity-randomised copies of each source pair
+    (:func:`mrgen.randomise.augment_intensity`, the ``intensity_aug`` baseline's draws, from ``rng``).
+    The one place that composes it: ``mrgen run``'s segment stage and ``mrgen bench``'s mrgen methods call it."""
+    kind = cfg.segment.engine_set
+    images, masks = list(synthetic[0]), list(synthetic[1])
+    made = {"synthetic": len(images)}
+    if kind == "synthetic":
+        return (images, masks), made
+    images += list(source[0])
+    masks += list(source[1])
+    made["source"] = len(source[0])
+    if kind == "source+aug":
+        from mrgen.randomise import augment_intensity
+
+        copies = int(cfg.segment.source_copies)
+        for img, m in zip(*source):
+            for _ in range(copies):
+                images.append(augment_intensity(img, rng))
+                masks.append(m)
+        made["source_randomised"] = copies * len(source[0])
+    return (images, masks), made

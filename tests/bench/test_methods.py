@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from mrgen.bench import methods as M
-from mrgen.bench import randomise as R
+from mrgen import randomise as R
 
 CHEAP = {
     "source_only": {},
@@ -143,7 +143,8 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     monkeypatch.setattr(P, "random_candidates", fake_random)
     monkeypatch.setattr(P, "kept_arrays", lambda wd: pytest.fail("read the starved filter's kept set"))
     logs: list = []
-    ctx = SimpleNamespace(params={}, compute={}, log=logs.append, rng=lambda name: np.random.default_rng(0))
+    ctx = SimpleNamespace(params={}, compute={}, log=logs.append, rng=lambda name: np.random.default_rng(0),
+                          cfg=SimpleNamespace(segment=SimpleNamespace(engine_set="synthetic")))
     images, masks = E.engine_pairs(ctx, "mrgen")
     assert len(images) == 1 and picked == {"workdir": "/nowhere/engine", "keep": 2}
     note = ctx.compute["filter_fallback"]

@@ -61,7 +61,7 @@ def test_3d_run_has_every_stage_and_the_foscu_segmenter(run3d):
     assert stages == ["phantom", "curate", "autoencoder", "ldm", "controller", "labelgen", "morph", "synthesize", "filter",
                       "segment", "audit", "export", "evaluate"]
     done = json.loads((wd / "segment" / "summary.json").read_text())
-    n = {k: int(v.split()[0]) for k, v in done.items()}
+    n = {k: int(v.split()[0]) for k, v in done["sets"].items()}
     assert n["oracle_plus_engine"] == n["oracle"] + n["engine"]
     for fig in ("labelgen/labels.png", "morph/preview.png", "synth/samples.png"):
         assert (wd / fig).stat().st_size > 2000

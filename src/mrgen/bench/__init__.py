@@ -26,6 +26,7 @@ from mrgen import config as C
 from mrgen import io
 from mrgen.bench import spec as S
 from mrgen.bench.context import Ctx
+from mrgen.bench.evaluate import VERSION as E_VERSION
 from mrgen.bench.methods import ENGINE_METHODS, METHODS
 from mrgen.compute import Meter, combine
 
@@ -115,7 +116,7 @@ def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict
     run_sec = contract.declared(cfg, ("run",))  # run.workdir, run.device: no effect on any result
     train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, C.to_dict(cfg.segment), C.to_dict(cfg.data),
                     run_sec, int(spec.tree.get("seed", 0)), spec.manifest)
-    return train, S.stamp(train, spec.groups, labels, spec.tree.get("examples", 4))
+    return train, S.stamp(train, spec.groups, labels, spec.tree.get("examples", 4), E_VERSION)
 
 
 def cached_result(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> dict | None:

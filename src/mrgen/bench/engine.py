@@ -8,9 +8,11 @@ subject and never pairs a source subject with its own target series. The stages 
 one driver, :func:`mrgen.pipeline.run` (stamps in ``stages.json``), so ``mrgen run -w
 folds/<k>/engine`` sees the same stages as current and a rerun resumes.
 
-* ``mrgen`` — the kept (autofiltered) candidates.
-* ``mrgen_nofilter`` — the same candidates without the autofilter: ``filter.keep`` random
-  candidates per mask (seeded).
+* ``mrgen`` — the kept (autofiltered) candidates, composed with real source pairs as the benchmark's
+  ``config.segment.engine_set`` says (:func:`mrgen.pairs.engine_set`, as ``mrgen run``'s segment stage).
+* ``mrgen_synthetic`` — the kept candidates alone, whatever ``segment.engine_set`` says (its ablation row).
+* ``mrgen_nofilter`` — the same recipe without the autofilter: ``filter.keep`` random candidates per
+  mask (seeded) in place of the kept ones.
 * ``mrgen_notarget`` — ``folds/<k>/engine_notarget/`` shares the autoencoder and LDM (links)
   and trains its own controller with ``controller.target_fraction=0`` (no unannotated target
   images), then synthesizes and filters.
@@ -102,7 +104,7 @@ def prepare(ctx: Ctx, variant: str) -> C.Config:
 
 
 def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
-    from mrgen.pairs import kept_arrays, random_candidates
+    from mrgen.pairs import engine_set, kept_arrays, random_candidates
 
     bad = set(ctx.params) - {"budget_cpu_min"}
     if bad:
@@ -123,4 +125,8 @@ def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
         images, masks = kept_arrays(cfg.workdir)
     if not images:
         raise ValueError(f"{variant}: the engine kept no synthetic pairs (see {cfg.workdir}/filter); relax filter.* thresholds")
+    if variant == "mrgen_synthetic" or ctx.cfg.segment.engine_set == "synthetic":
+        return images, masks
+    (images, masks), made = engine_set(ctx.cfg, (images, masks), ctx.source_pairs(), ctx.rng("engine_set"))
+    ctx.compute["training_set"] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
     return images, masks

@@ -18,6 +18,8 @@ import numpy as np
 
 from mrgen import devices, io
 
+VERSION = 2  # of what an evaluation records (2: per-volume scores for every benchmark); part of the eval stamp
+
 
 def _mean(xs) -> float | None:
     v = [x for x in xs if x is not None and isinstance(x, (int, float)) and math.isfinite(x)]
@@ -69,8 +71,12 @@ def evaluate(seg: Path, rows: list, cfg, out_dir: Path, labels: dict, groups: di
             per_case.append({"volume": vol["key"], **{f"{k}_{g}": v[k] for g, v in sc.items() for k in ("dice", "hd95")}})
         per_label = {g: {"dice": _mean(c[f"dice_{g}"] for c in per_case), "hd95": _mean(c[f"hd95_{g}"] for c in per_case)}
                      for g in groups}
-    else:
+    else:  # the labels as they are: the evaluation's own per-volume records
+        from mrgen.evaluate.segmentation import read_cases
+
         per_label = raw_labels
+        per_case = [{"volume": c["volume"], **{k: c[k] for k in c if k.startswith(("dice_", "hd95_"))}}
+                    for c in read_cases(raw["results"])]
     picks = pick_examples([v["gt"] for v in vols], n_examples)
     if picks:
         # 3D models: vol arrays are (Z, X, Y) too, so a slice index works the same way

@@ -12,7 +12,7 @@ methods differ only in their training pairs:
 * ``histogram_match`` — source images mapped onto the pooled intensity distribution of the
   unannotated target images (per source volume, foreground only);
 * ``cyclegan`` — source images translated by a CycleGAN trained on unpaired source/target slices;
-* ``mrgen`` / ``mrgen_nofilter`` / ``mrgen_notarget`` — the engine (see :mod:`mrgen.bench.engine`).
+* ``mrgen`` / ``mrgen_synthetic`` / ``mrgen_nofilter`` / ``mrgen_notarget`` — the engine (see :mod:`mrgen.bench.engine`).
 
 Images are float32 in [-1, 1] (2D ``(H, W)`` or 3D ``(Z, H, W)`` as the curated data), masks int64.
 Masks never hold context labels (conditioning-only, e.g. BraTS ``5: brain``): they are background
@@ -64,7 +64,7 @@ def oracle(ctx: Ctx) -> tuple[list, list]:
 
 
 def intensity_aug(ctx: Ctx) -> tuple[list, list]:
-    from mrgen.bench.randomise import INTENSITY_DEFAULTS, augment_intensity
+    from mrgen.randomise import INTENSITY_DEFAULTS, augment_intensity
 
     p = _params(ctx, {"copies": 4, "include_original": True, **INTENSITY_DEFAULTS}, "intensity_aug")
     copies, keep = int(p.pop("copies")), bool(p.pop("include_original"))
@@ -82,7 +82,7 @@ def intensity_aug(ctx: Ctx) -> tuple[list, list]:
 
 
 def domain_randomisation(ctx: Ctx) -> tuple[list, list]:
-    from mrgen.bench.randomise import RANDOMISE_DEFAULTS, synthesize_from_labels
+    from mrgen.randomise import RANDOMISE_DEFAULTS, synthesize_from_labels
 
     from mrgen.curate.labels import context_values, strip_context
 
@@ -102,7 +102,7 @@ def domain_randomisation(ctx: Ctx) -> tuple[list, list]:
 
 
 def histogram_match(ctx: Ctx) -> tuple[list, list]:
-    from mrgen.bench.randomise import match_to_reference, pooled_reference
+    from mrgen.randomise import match_to_reference, pooled_reference
 
     p = _params(ctx, {"exclude_background": True, "per": "volume", "max_values": 2_000_000}, "histogram_match")
     if p["per"] not in ("volume", "image"):
@@ -151,7 +151,8 @@ METHODS: dict[str, Callable] = {
     "histogram_match": histogram_match,
     "cyclegan": cyclegan,
     "mrgen": _engine("mrgen"),
+    "mrgen_synthetic": _engine("mrgen_synthetic"),
     "mrgen_nofilter": _engine("mrgen_nofilter"),
     "mrgen_notarget": _engine("mrgen_notarget"),
 }
-ENGINE_METHODS = ("mrgen", "mrgen_nofilter", "mrgen_notarget")
+ENGINE_METHODS = ("mrgen", "mrgen_synthetic", "mrgen_nofilter", "mrgen_notarget")

@@ -3,7 +3,8 @@
 Dice is reported per label (or label group) as mean ± sd over folds (sd with ddof=1; 0 for
 one fold) of each fold's mean over its test volumes; HD95 likewise (mm, volumes where
 either side is empty are left out). The headline is the fraction of the source_only →
-oracle gap each method closes, on the mean Dice over folds.
+oracle gap each method closes, on the mean Dice over folds; ``mrgen`` against the best baseline per
+test volume with a paired bootstrap (:mod:`mrgen.bench.compare`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrgen import io
+from mrgen.bench import compare
 from mrgen.report import gap_closed
 
 
@@ -66,7 +68,7 @@ def _cpu(minutes: float) -> str:
     return _f(minutes, 2 if minutes is None or not math.isfinite(minutes) or minutes >= 0.1 else 3)
 
 
-def markdown(spec, summary: dict, results: list, curate_compute: dict) -> str:
+def markdown(spec, summary: dict, results: list, curate_compute: dict, comparison: dict | None = None) -> str:
     labels = list(dict.fromkeys(k for s in summary.values() for k in s["per_label"]))
     folds = spec.folds
     seg = spec.tree["config"].get("segment", {})
@@ -110,6 +112,7 @@ def markdown(spec, summary: dict, results: list, curate_compute: dict) -> str:
         if any(g.engine_source for g in folds):
             row += f" {', '.join(f.engine_source)} |"
         lines.append(row)
+    lines += [""] + compare.markdown(comparison)
     notes = {m: s["notes"] for m, s in summary.items() if s["notes"]}
     if notes:
         lines += ["", "## Notes", ""] + [f"- {m}: {n}" for m, n in notes.items()]
@@ -227,12 +230,15 @@ def pairs_grid(wd: Path, methods: list, fold: int, path: Path, n: int = 6) -> Pa
 def write(spec, wd: Path, results: list, labels: dict, curate_compute: dict) -> dict:
     methods = list(dict.fromkeys(r["method"] for r in results))
     summary = aggregate(results, methods)
+    comparison = compare.headline(summary, results, seed=int(spec.tree.get("seed", 0)))
     io.write_json(wd / "bench.json", {"name": spec.name, "data_root": str(spec.data_root), "groups": spec.groups,
                                       "labels": labels, "folds": [f.as_dict() for f in spec.folds],
-                                      "curate_compute": curate_compute, "summary": summary, "results": results})
+                                      "curate_compute": curate_compute, "summary": summary,
+                                      "comparison": comparison,
+                                      "results": results})
     from mrgen.config import atomic_write_text
 
-    atomic_write_text(wd / "bench.md", markdown(spec, summary, results, curate_compute))
+    atomic_write_text(wd / "bench.md", markdown(spec, summary, results, curate_compute, comparison))
     first = spec.folds[0].index if spec.folds else 0
     dice_chart(summary, wd / "dice.png")
     examples_grid(wd, methods, first, wd / "examples.png")

@@ -98,6 +98,11 @@ def _write_results(model_folder, out: Path, parts: list, order: dict, labels: di
     return summary
 
 
+def read_cases(results: str | Path) -> list[dict]:
+    """The per-volume records of a ``results.json`` (its one reader): ``volume``, ``dice_<label>``, ``hd95_<label>``."""
+    return io.read_versioned(Path(results), 1, "delete it and rerun the evaluation (`mrgen evaluate segmenter`)")["cases"]
+
+
 def _write_csv(path: Path, cases: list[dict]) -> None:
     cols = list(dict.fromkeys(k for c in cases for k in c))
     with io.atomic_path(path) as tmp:

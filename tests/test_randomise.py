@@ -7,7 +7,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from mrgen.bench import randomise as R
+from mrgen import randomise as R
 
 
 def _image(bg_rows: int = 0) -> np.ndarray:
