@@ -131,12 +131,10 @@ def engine_set(cfg: Config, synthetic: tuple[list, list], source: tuple[list, li
     masks += list(source[1])
     made["source"] = len(source[0])
     if kind == "source+aug":
-        from mrgen.randomise import augment_intensity
+        from mrgen.randomise import intensity_copies
 
-        copies = int(cfg.segment.source_copies)
-        for img, m in zip(*source):
-            for _ in range(copies):
-                images.append(augment_intensity(img, rng))
-                masks.append(m)
-        made["source_randomised"] = copies * len(source[0])
+        for m, drawn in zip(source[1], intensity_copies(source[0], cfg.segment.source_copies, rng)):
+            images += drawn
+            masks += [m] * len(drawn)
+        made["source_randomised"] = int(cfg.segment.source_copies) * len(source[0])
     return (images, masks), made

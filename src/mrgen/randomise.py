@@ -174,6 +174,12 @@ def augment_intensity(img: np.ndarray, rng: np.random.Generator, **params) -> np
     return augment_intensity_with_params(img, rng, **params)[0]
 
 
+def intensity_copies(images: list, copies: int, rng: np.random.Generator, **params) -> list[list]:
+    """``copies`` draws of :func:`augment_intensity` per image, in image order (``[[copies of image 0], ...]``);
+    the masks stay valid as they are. The ``intensity_aug`` baseline and ``segment.engine_set=source+aug``."""
+    return [[augment_intensity(img, rng, **params) for _ in range(int(copies))] for img in images]
+
+
 # ----------------------------------------------------------------------------- domain randomisation
 
 RANDOMISE_DEFAULTS = {

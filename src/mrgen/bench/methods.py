@@ -64,20 +64,15 @@ def oracle(ctx: Ctx) -> tuple[list, list]:
 
 
 def intensity_aug(ctx: Ctx) -> tuple[list, list]:
-    from mrgen.randomise import INTENSITY_DEFAULTS, augment_intensity
+    from mrgen.randomise import INTENSITY_DEFAULTS, intensity_copies
 
     p = _params(ctx, {"copies": 4, "include_original": True, **INTENSITY_DEFAULTS}, "intensity_aug")
     copies, keep = int(p.pop("copies")), bool(p.pop("include_original"))
-    rng = ctx.rng("intensity_aug")
     images, masks = ctx.source_pairs()
     out_i, out_m = [], []
-    for img, m in zip(images, masks):
-        if keep:
-            out_i.append(img)
-            out_m.append(m)
-        for _ in range(copies):
-            out_i.append(augment_intensity(img, rng, **p))
-            out_m.append(m)
+    for img, m, drawn in zip(images, masks, intensity_copies(images, copies, ctx.rng("intensity_aug"), **p)):
+        out_i += ([img] if keep else []) + drawn
+        out_m += [m] * ((1 if keep else 0) + len(drawn))
     return out_i, out_m
 
 

@@ -35,7 +35,8 @@ def training_sets(cfg: Config) -> tuple[dict, dict]:
     from mrgen.roles import assign
 
     roles = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg)
-    source = real_pairs(cfg, roles.source)
+    need_source = cfg.segment.engine_set != "synthetic" or "source_only" in cfg.run.baselines
+    source = real_pairs(cfg, roles.source) if need_source else ([], [])
     synthetic = kept_arrays(cfg.workdir)
     engine, made = engine_set(cfg, synthetic, source, np.random.default_rng(engine_seed(cfg)))
     sets = {"engine": engine}
