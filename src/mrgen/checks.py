@@ -108,6 +108,12 @@ def _validate_filter(f) -> None:
     if not 0.0 <= float(f.misaligned_quantile) <= 1.0:
         raise ConfigError(f"filter.misaligned_quantile must be in [0, 1] (0.9: a second-chance candidate must beat 90 % "
                           f"of real pairs scored with a displaced mask), got {f.misaligned_quantile}")
+    if f.selection not in ("thresholds", "rank"):
+        raise ConfigError(f"filter.selection must be 'thresholds' (MRGen: pass, relax or drop each mask) or 'rank' "
+                          f"(every mask keeps its best filter.keep candidates above the floor), got '{f.selection}'")
+    if not 0.0 <= float(f.floor_quantile) <= 1.0:
+        raise ConfigError(f"filter.floor_quantile must be in [0, 1] (0.5: a kept candidate beats the median real pair "
+                          f"scored with a displaced mask), got {f.floor_quantile}")
     if int(f.calibration_items) < 1:
         raise ConfigError(f"filter.calibration_items must be >= 1 real pairs to score, got {f.calibration_items}")
     if not 0.0 <= float(f.min_kept_fraction) <= 1.0:

@@ -182,6 +182,10 @@ class FilterCfg:
     misaligned_quantile: float = 0.9
     # the stage stops (FilterStarved) when fewer masks than this keep a candidate (0 = accept any)
     min_kept_fraction: float = 0.2
+    # thresholds: MRGen's pass / relax / drop per mask (docs/filter.md); rank: every mask keeps its best `keep`
+    # candidates whose mean IoU clears the floor (calibrated: the floor_quantile of real pairs with a displaced mask)
+    selection: str = "thresholds"
+    floor_quantile: float = 0.5
     keep: int = 2
     relax: float = 0.1
     relax_keep: int = 1

@@ -79,6 +79,8 @@ def test_calibrated_thresholds_are_the_hand_computed_quantiles_and_cached(tiny_i
     assert saved["thresholds"]["labels"]["2"] == {"iou": 0.35, "conf": 0.65} and len(saved["scores"]) == 10
     assert saved["thresholds"]["second_chance"]["labels"]["1"]["iou"] == pytest.approx(0.16)
     assert cal["seed"] == cfg.run.seed and cal["items"] == 5 and cal["scored_now"] == 10
+    # the rank floor: the median (floor_quantile 0.5) of the displaced pairs' mean IoU [.05 .05 .1 .1 .25] = 0.1
+    assert cal["floor"] == {"quantile": 0.5, "mean_iou": 0.1} and saved["floor"]["mean_iou"] == 0.1
 
     # a rerun at another quantile scores nothing again: the median of the cached scores
     cfg2 = tiny_config(tiny_index, "filter.calibration_items=5", "filter.calibration_quantile=0.5")

@@ -91,6 +91,32 @@ def test_selection_drops_mask_when_nothing_passes_and_top_limits_pool():
     assert recs[5]["reason"] == "outside the best 5 by mean iou"
 
 
+def test_rank_selection_keeps_the_best_above_the_floor_whatever_the_thresholds():
+    floor = Thresholds(0.0, 0.0, 0.4, 0.0)  # mean IoU >= 0.4 only
+    # nothing passes MRGen's thresholds T, which would drop the mask; rank keeps the best two above the floor
+    recs = [rec(0, [0.45, 0.35], [0.3, 0.3]), rec(1, [0.6, 0.5], [0.5, 0.5]), rec(2, [0.3, 0.3], [0.99, 0.99]),
+            rec(3, [0.5, 0.4], [0.1, 0.1])]
+    assert select_mask([dict(r) for r in recs], T, keep=2)[1] == "dropped"
+    kept, outcome = select_mask(recs, T, keep=2, floor=floor)
+    assert outcome == "kept" and [r["candidate"] for r in kept] == [1, 3]  # mean iou 0.55, 0.45 (0.40 = cand 0 third)
+    by = {r["candidate"]: r for r in recs}
+    assert by[0]["reason"] == "above the floor, but better candidates filled the quota"
+    assert by[2]["reason"] == "below the floor: mean iou 0.30<0.40" and not by[2]["kept"]
+    # only one candidate above the floor: it alone is kept; none: the mask is dropped
+    kept, outcome = select_mask([rec(0, [0.5], [0.1]), rec(1, [0.2], [0.9])], T, keep=2, floor=floor)
+    assert outcome == "kept" and [r["candidate"] for r in kept] == [0]
+    assert select_mask([rec(0, [0.39], [0.9])], T, keep=2, floor=floor) == ([], "dropped")
+
+
+def test_rank_floor_is_the_calibrated_chance_level_or_the_relaxed_absolute_mean():
+    from mrgen.filter.stage import rank_floor
+
+    f = C.FilterCfg(selection="rank", mean_iou=0.7, relax=0.1)
+    assert rank_floor(f, {"floor": {"quantile": 0.5, "mean_iou": 0.31}}).mean_iou == 0.31
+    assert rank_floor(f, None).mean_iou == pytest.approx(0.6)  # absolute thresholds: mean_iou - relax
+    assert rank_floor(C.FilterCfg(), {"floor": {"mean_iou": 0.31}}) is None  # selection=thresholds: no floor
+
+
 def _fake_synth(wd, n_masks=3, n_cand=4):
     out = wd / "synth" / "candidates"
     out.mkdir(parents=True)

@@ -95,6 +95,15 @@ def second_chance(t: Thresholds, displaced_records: list[dict], p: float, relax:
                       min(low.mean_iou, mis.mean_iou), min(low.mean_conf, mis.mean_conf), labels), dist
 
 
+def floor(displaced_records: list[dict], q: float) -> Thresholds:
+    """``filter.selection=rank``'s floor: mean IoU at least the ``q``-quantile of the displaced real pairs' mean
+    IoU (``filter.floor_quantile``; 0.5: better than the median real image with a displaced mask); no per-label or
+    confidence bar, so a thin or small label that the scorer recovers poorly does not drop its mask. Without
+    scorable displaced pairs: no floor (0)."""
+    vals = [r["mean_iou"] for r in displaced_records if r.get("labels")]
+    return Thresholds(0.0, 0.0, _floor4(np.quantile(vals, q)) if vals else 0.0, 0.0)
+
+
 def thresholds_from(records: list[dict], q: float) -> tuple[Thresholds, dict]:
     """Thresholds at quantile ``q`` of real-pair ``records`` (``labels {label: {iou, conf}}, mean_iou, mean_conf``)
     and the measured distribution ``{"labels": {label: {n, iou: {q10..q90, min, max}, conf: {...}}}, "mean": {...}}``."""
@@ -173,12 +182,14 @@ def calibrate(cfg, score: Callable[[np.ndarray, np.ndarray, str], dict], sid: st
             f"set filter.thresholds=absolute") from None
     second, moved_dist = second_chance(t, moved, float(f.misaligned_quantile), float(f.relax))
     t = Thresholds(t.organ_iou, t.organ_conf, t.mean_iou, t.mean_conf, t.labels, second)
+    low = floor(moved, float(f.floor_quantile))
     summary = {"mode": "calibrated", "scorer": sid, "quantile": float(f.calibration_quantile), "seed": int(cfg.run.seed),
                "modality": cfg.run.source_modality, "items_requested": int(f.calibration_items),
                "items_available": len([r for r in source if r.get("labels")]), "items": len(rows),
                "unscored": sum(1 for r in scores if not r["labels"]), "scored_now": rescored,
                "distribution": dist, "misaligned_quantile": float(f.misaligned_quantile), "displace": DISPLACE,
-               "displaced_distribution": moved_dist, "thresholds": t.as_dict()}
+               "displaced_distribution": moved_dist, "thresholds": t.as_dict(),
+               "floor": {"quantile": float(f.floor_quantile), "mean_iou": low.mean_iou}}
     io.write_json(out / CALIBRATION, {"schema": 1, **{k: v for k, v in summary.items() if k not in RUN_ONLY},
                                       "scores": scores + moved})
     return t, summary

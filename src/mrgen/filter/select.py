@@ -6,6 +6,10 @@ confidence ≥ ``organ_conf`` and the means reach ``mean_iou`` / ``mean_conf``. 
 ``keep`` passing, keep the first ``keep``; otherwise lower all four thresholds by ``relax`` and
 keep the first ``relax_keep`` that pass; with none, the mask is dropped. Calibrated thresholds
 (:mod:`mrgen.filter.calibrate`) set ``organ_iou``/``organ_conf`` per label.
+
+``filter.selection=rank`` keeps instead the first ``keep`` of the pool that clear a *floor* (the chance
+level: what real images with a displaced mask score, :func:`mrgen.filter.calibrate.floor`), so every mask
+whose renders follow it at all contributes ``keep`` candidates and the scorer only orders them.
 """
 
 from __future__ import annotations
@@ -77,16 +81,28 @@ def failures(rec: dict, t: Thresholds) -> list[str]:
 
 
 def select_mask(records: list[dict], t: Thresholds, keep: int = 2, relax: float = 0.1, relax_keep: int = 1,
-                top: int = 5) -> tuple[list[dict], str]:
+                top: int = 5, floor: Thresholds | None = None) -> tuple[list[dict], str]:
     """Select among one mask's candidate records. Sets ``kept`` and ``reason`` on every record.
 
-    Returns (kept records in rank order, outcome) with outcome ``kept``, ``relaxed`` or ``dropped``.
+    ``floor`` given (``filter.selection=rank``): keep the best ``keep`` of the pool that pass ``floor``;
+    ``t``, ``relax`` and ``relax_keep`` are then unused. Returns (kept records in rank order, outcome) with
+    outcome ``kept``, ``relaxed`` or ``dropped``.
     """
     ranked = sorted(records, key=lambda r: (-r["mean_iou"], -r["mean_conf"], r["candidate"]))
     pool = ranked[:top] if top > 0 else ranked
     for r in ranked:
         r["kept"] = False
         r["reason"] = f"outside the best {top} by mean iou" if r not in pool else ""
+    if floor is not None:
+        chosen = [r for r in pool if not failures(r, floor)][:keep]
+        for r in pool:
+            why = failures(r, floor)
+            r["kept"] = r in chosen
+            if r["kept"]:
+                r["reason"] = "kept"
+            else:
+                r["reason"] = "below the floor: " + "; ".join(why) if why else "above the floor, but better candidates filled the quota"
+        return chosen, "kept" if chosen else "dropped"
     strict = [r for r in pool if not failures(r, t)]
     if len(strict) >= keep:
         chosen, outcome, used = strict[:keep], "kept", t

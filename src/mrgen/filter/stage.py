@@ -169,8 +169,9 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
     out = cfg.workdir / FILTER
     kept, dropped, outcomes = [], [], {"kept": 0, "relaxed": 0, "dropped": 0}
     lines = []
+    low = rank_floor(f, calibration)
     for key, recs in all_recs.items():
-        chosen, outcome = select_mask(recs, t, keep=f.keep, relax=f.relax, relax_keep=f.relax_keep, top=f.top)
+        chosen, outcome = select_mask(recs, t, keep=f.keep, relax=f.relax, relax_keep=f.relax_keep, top=f.top, floor=low)
         outcomes[outcome] += 1
         for r in chosen:
             kept.append({"key": key, "candidate": r["candidate"], "mask_id": r["mask_id"], "seed": r["seed"],
@@ -192,8 +193,9 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
     history = RUN_ONLY + CALIBRATION_RUN_ONLY
     report = {"schema": 1, "scorer": sid, "thresholds": t.as_dict(), "threshold_mode": f.thresholds,
               "calibration": {k: v for k, v in calibration.items() if k not in history} if calibration else calibration,
-              "selection": {"keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep, "top": f.top,
-                            "min_kept_fraction": f.min_kept_fraction},
+              "selection": {"mode": f.selection, "keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep,
+                            "top": f.top, "min_kept_fraction": f.min_kept_fraction,
+                            **({"floor": low.as_dict()} if low is not None else {})},
               "kept": kept, "dropped": dropped, "summary": {k: v for k, v in summary.items() if k not in history}}
     if summary["kept_fraction"] < f.min_kept_fraction:
         io.write_json(out / STARVED, report)
@@ -209,6 +211,16 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
             summary["figure_error"] = f"{type(exc).__name__}: {exc}"
     summary["figure"] = str(fig) if fig else ""
     return summary
+
+
+def rank_floor(f, calibration: dict | None) -> Thresholds | None:
+    """``filter.selection=rank``'s floor (None for ``thresholds``): a mean IoU bar only, at the chance level of the
+    calibration's displaced real pairs (:func:`mrgen.filter.calibrate.floor`); with absolute thresholds,
+    ``filter.mean_iou - filter.relax``."""
+    if f.selection != "rank":
+        return None
+    bar = calibration["floor"]["mean_iou"] if calibration else f.mean_iou - f.relax
+    return Thresholds(0.0, 0.0, float(bar), 0.0)
 
 
 def starved_message(cfg, summary: dict, t: Thresholds, calibration: dict | None, candidates: int) -> str:
