@@ -118,7 +118,33 @@ def test_intensity_augmentation_changes_contrast_only():
     assert min(corr) < 0.5 and max(corr) > 0.5  # strong changes, including inversions, but structure kept in some
 
 
-def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so(monkeypatch):
+def test_a_starved_filter_keeps_the_compute_of_the_stages_before_it(tmp_path, monkeypatch):
+    """bench.engine.drive: the filter runs in a call of its own, so its FilterStarved loses no stage's compute."""
+    from types import SimpleNamespace
+
+    from mrgen import pipeline
+    from mrgen.bench import engine as E
+    from mrgen.filter import FilterStarved
+
+    calls = []
+
+    def fake_run(cfg, only, provided, meter, log):
+        calls.append(only)
+        if "filter" in only:
+            raise FilterStarved("kept a candidate for 1 of 8 masks")
+        return {"ran": {n: {"cpu_s": 10.0 + i} for i, n in enumerate(only)}}
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    cfg = SimpleNamespace(workdir=tmp_path)
+    with pytest.raises(FilterStarved):
+        E.drive(cfg, E.STAGES, ())
+    assert calls == [E.GENERATIVE + ("synthesize",), ("filter",)]
+    rec = E.recorded(tmp_path, E.STAGES)
+    assert rec == {"autoencoder": {"cpu_s": 10.0}, "ldm": {"cpu_s": 11.0}, "controller": {"cpu_s": 12.0},
+                   "synthesize": {"cpu_s": 13.0}, "filter": None}
+
+
+def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so(monkeypatch, tmp_path):
     """bench: FilterStarved in the mrgen method -> the unfiltered candidates (as mrgen_nofilter), with a note."""
     from types import SimpleNamespace
 
@@ -131,7 +157,9 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     def starve(ctx, variant):
         raise FilterStarved("the filter kept a candidate for 3 of 40 masks (7.5 %); training a segmenter on so few")
 
-    cfg = SimpleNamespace(workdir="/nowhere/engine", filter=SimpleNamespace(keep=2))
+    cfg = SimpleNamespace(workdir=tmp_path / "engine", filter=SimpleNamespace(keep=2))
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "compute.json").write_text('{"synthesize": {"cpu_s": 5.0}, "filter": null}')
     monkeypatch.setattr(E, "prepare", starve)
     monkeypatch.setattr(E, "variant_config", lambda ctx, variant: cfg)
     picked = {}
@@ -146,7 +174,9 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     ctx = SimpleNamespace(params={}, compute={}, log=logs.append, rng=lambda name: np.random.default_rng(0),
                           cfg=SimpleNamespace(segment=SimpleNamespace(engine_set="synthetic")))
     images, masks = E.engine_pairs(ctx, "mrgen")
-    assert len(images) == 1 and picked == {"workdir": "/nowhere/engine", "keep": 2}
+    assert len(images) == 1 and picked == {"workdir": tmp_path / "engine", "keep": 2}
+    # the stages that ran before the filter starved are in the method's compute; the filter is not
+    assert ctx.compute["engine.synthesize"] == {"cpu_s": 5.0} and "engine.filter" not in ctx.compute
     note = ctx.compute["filter_fallback"]
     assert note.startswith("FILTER STARVED") and "3 of 40 masks" in note and "unfiltered" in note
     assert any("starved" in str(m) for m in logs)

@@ -58,16 +58,30 @@ def drive(cfg: C.Config, names: tuple, provided: tuple, log=print) -> dict:
     """Run the pipeline stages ``names`` in ``cfg.workdir`` (``provided``: stages whose outputs are linked in).
 
     Returns the compute record of every stage in ``names`` (kept in ``<workdir>/compute.json``; None
-    when it ran outside the harness), with ``ran_now`` set for the stages this call ran.
+    when it ran outside the harness), with ``ran_now`` set for the stages this call ran. The filter
+    runs in a call of its own after the others, so a starved filter (``FilterStarved``) leaves the
+    compute of the stages before it recorded (:func:`recorded`; the filter's own scoring is then not).
     """
     from mrgen import pipeline
 
     wd = cfg.workdir
-    res = pipeline.run(cfg, only=names, provided=("curate",) + tuple(provided), meter=Meter, log=log)
-    comp = io.read_json(wd / "compute.json") if (wd / "compute.json").exists() else {}
-    comp.update(res["ran"])
-    io.write_json(wd / "compute.json", comp)
-    return {n: ({**comp[n], "ran_now": n in res["ran"]} if comp.get(n) else None) for n in names}
+    ran: dict = {}
+    for part in (tuple(n for n in names if n != "filter"), tuple(n for n in names if n == "filter")):
+        if not part:
+            continue
+        res = pipeline.run(cfg, only=part, provided=("curate",) + tuple(provided), meter=Meter, log=log)
+        comp = io.read_json(wd / "compute.json") if (wd / "compute.json").exists() else {}
+        comp.update(res["ran"])
+        io.write_json(wd / "compute.json", comp)
+        ran.update(res["ran"])
+    return {n: ({**r, "ran_now": n in ran} if r else None) for n, r in recorded(wd, names).items()}
+
+
+def recorded(wd: Path, names: tuple) -> dict:
+    """``{stage: compute record or None}`` of ``names`` from ``<wd>/compute.json`` (written by :func:`drive`)."""
+    f = Path(wd) / "compute.json"
+    comp = io.read_json(f) if f.exists() else {}
+    return {n: comp.get(n) or None for n in names}
 
 
 def variant_config(ctx: Ctx, variant: str) -> C.Config:
@@ -116,6 +130,7 @@ def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
         starved = None
     except FilterStarved as exc:  # explicit fallback, in the report's notes: never a handful of pairs unsaid
         cfg, starved = variant_config(ctx, variant), str(exc)
+        ctx.compute.update({f"engine.{k}": v for k, v in recorded(cfg.workdir, STAGES).items() if v})
         ctx.compute["filter_fallback"] = ("FILTER STARVED, trained on unfiltered candidates (as mrgen_nofilter): "
                                           + starved.split("; training")[0])
         ctx.log(f"[bold red]{variant}: the filter starved; falling back to unfiltered candidates[/]: {starved}")
