@@ -127,8 +127,12 @@ def figure(rows: list, path: Path, title: str) -> None:
     colours = {"ddim": "tab:blue", "dpmpp2m": "tab:orange", "unipc": "tab:green"}
     for solver in sorted({r["solver"] for r in rows}):
         pts = sorted((r for r in rows if r["solver"] == solver), key=lambda r: r["evaluations"]["per_kept"])
-        ax.plot([r["evaluations"]["per_kept"] for r in pts], [r["mean_dice"] for r in pts], "o",
-                color=colours.get(solver, "k"), label=solver)
+        for starved in (False, True):  # hollow: the filter starved and the bench fell back to unfiltered candidates
+            sub = [r for r in pts if bool(r.get("fallback")) == starved]
+            if sub:
+                c = colours.get(solver, "k")
+                ax.plot([r["evaluations"]["per_kept"] for r in sub], [r["mean_dice"] for r in sub], "o", color=c,
+                        mfc="none" if starved else c, label=solver + (" (filter starved: unfiltered)" if starved else ""))
         for r in pts:
             ax.annotate(f"{r['steps']}st c{r['candidates']}", (r["evaluations"]["per_kept"], r["mean_dice"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
