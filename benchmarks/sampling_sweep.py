@@ -71,8 +71,7 @@ def one_setting(bench: Path, src_wd: Path, out: Path, fold: int, solver: str, st
                 overrides: list) -> dict:
     from mrgen import bench as B
     from mrgen import io
-    from mrgen.bench.spec import load
-    from mrgen.bench.methods import METHODS
+    from mrgen.config import load_config
 
     name = setting_name(solver, steps, cands)
     wd = out / name
@@ -87,8 +86,7 @@ def one_setting(bench: Path, src_wd: Path, out: Path, fold: int, solver: str, st
     eng = wd / "folds" / str(fold) / "engine"
     kept = io.read_json(eng / "filter" / "kept.json") if (eng / "filter" / "kept.json").exists() else None
     masks = len(list((eng / "synth" / "candidates").glob("*.npz")))
-    spec = load(bench, ov, METHODS)
-    guidance = float(((spec.tree.get("engine") or {}).get("sample") or {}).get("guidance", 7.0))
+    guidance = load_config(file=eng / "config.yaml").sample.guidance  # the engine's resolved config, as it rendered
     n_kept = len(kept["kept"]) if kept else (row["notes"].get("training_set", {}).get("pairs", {}).get("synthetic")
                                              or row["n_pairs"])
     rec = {"setting": name, "solver": solver, "steps": steps, "candidates": cands, "masks": masks, "kept": n_kept,

@@ -72,7 +72,7 @@ def mrgen_step(job, variant: str = ""):
             if name in job.modules:
                 job.modules[name].compile()
     loop = train._Loop(job, "tutorial-loop-benchmark")
-    return loop.step, loop.size
+    return loop.step
 
 
 def tutorial_ldm_step(cfg, ae, text, batch: int):
@@ -192,8 +192,7 @@ def main(argv=None) -> int:
         steps = {"tutorial loop (fp32, encode every batch, DataLoader)":
                  tutorial_ldm_step(cfg, ae, text, bs) if stage == "ldm" else tutorial_controller_step(cfg, ae, unet, text, bs)}
         for v in ["", *variants]:
-            fn, size = mrgen_step(captured_job(run_fn, cfg), v)
-            steps["mrgen stage" + (f" + {v}" if v else "")] = fn
+            steps["mrgen stage" + (f" + {v}" if v else "")] = mrgen_step(captured_job(run_fn, cfg), v)
         times: dict = {k: [] for k in steps}
         for r in range(a.rounds):
             for name, fn in steps.items():

@@ -8,6 +8,7 @@ training-stage tests need neither the phantom nor the curate stage. Dataset ``to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -126,6 +127,23 @@ def spatial_dims(request):
 @pytest.fixture
 def make_cfg():
     return tiny_cfg
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmark scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def bench_script():
+    """``bench_script(name)`` -> the module of ``benchmarks/<name>.py`` (:func:`load_script`)."""
+    return load_script
 
 
 @pytest.fixture

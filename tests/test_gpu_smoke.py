@@ -1,21 +1,10 @@
 """benchmarks/gpu_smoke.py: its CPU dry run (--device cpu --tiny) through the real stages, in seconds."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_cpu_tiny_dry_run(tmp_path, capsys):
-    smoke = _load()
+def test_cpu_tiny_dry_run(tmp_path, capsys, bench_script):
+    smoke = bench_script("gpu_smoke")
     out = smoke.main(["--device", "cpu", "--tiny", "--workdir", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
     assert out["error"] == "", out["error"]
     saved = json.loads((tmp_path / "r.json").read_text())
@@ -33,8 +22,8 @@ def test_cpu_tiny_dry_run(tmp_path, capsys):
     assert "| ldm |" in table and "| **whole run** |" in table
 
 
-def test_overrides_and_preflight():
-    smoke = _load()
+def test_overrides_and_preflight(bench_script):
+    smoke = bench_script("gpu_smoke")
     import argparse
 
     args = argparse.Namespace(workdir="w", tiny=False, steps=0, segment_steps=0, device="cuda", subjects=4, slices=4,

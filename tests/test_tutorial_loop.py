@@ -1,19 +1,8 @@
 """benchmarks/tutorial_loop.py at tiny size: both loops of both stages run and are reported against the tutorial loop."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "tutorial_loop.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tutorial_loop", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +10,8 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("tutorial_loop") / "wd"  # prepared once (phantom, curate, AE, LDM), then reused
 
 
-def test_tiny_tutorial_loop_against_the_stage_steps(tmp_path, workdir):
-    tl = _load()
+def test_tiny_tutorial_loop_against_the_stage_steps(tmp_path, workdir, bench_script):
+    tl = bench_script("tutorial_loop")
     out = tmp_path / "r.json"
     assert tl.main(["--preset", "tiny", "--steps", "1", "--warmup", "1", "--rounds", "1",
                     "--workdir", str(workdir), "--json", str(out)]) == 0
@@ -39,8 +28,8 @@ def test_tiny_tutorial_loop_against_the_stage_steps(tmp_path, workdir):
             assert abs(s["ratio"] - s["images_per_s"] / base) < 0.01
 
 
-def test_captured_job_is_the_stage_job_and_does_not_train(workdir):
-    tl = _load()
+def test_captured_job_is_the_stage_job_and_does_not_train(workdir, bench_script):
+    tl = bench_script("tutorial_loop")
     cfg = tl.prepare("tiny", workdir, [])
     from mrgen import controller
 

@@ -1,22 +1,11 @@
 """benchmarks/sampling_sweep.py's bookkeeping: the grid, evaluations per kept sample, the engine copy, the comparison."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "sampling_sweep.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sampling_sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_grid_and_evaluations_per_kept_sample():
-    sw = _load()
+def test_grid_and_evaluations_per_kept_sample(bench_script):
+    sw = bench_script("sampling_sweep")
     assert sw.parse_grid("ddim:50:4, dpmpp2m:10:8") == [("ddim", 50, 4), ("dpmpp2m", 10, 8)]
     assert sw.setting_name("unipc", 5, 20) == "unipc-5-c20"
     # 64 masks x 4 candidates x 25 steps x 2 (guidance 7) = 12800 passes for 22 kept pairs
@@ -29,8 +18,8 @@ def test_grid_and_evaluations_per_kept_sample():
         sw.parse_grid("ddim:50")
 
 
-def test_engine_copy_leaves_out_the_renders(tmp_path):
-    sw = _load()
+def test_engine_copy_leaves_out_the_renders(tmp_path, bench_script):
+    sw = bench_script("sampling_sweep")
     src = tmp_path / "a"
     for d in ("autoencoder", "ldm", "controller", "synth/candidates", "filter", "synth.stale-1"):
         (src / d).mkdir(parents=True)
@@ -41,8 +30,8 @@ def test_engine_copy_leaves_out_the_renders(tmp_path):
     assert got == ["autoencoder", "autoencoder/x.json", "controller", "controller/x.json", "ldm", "ldm/x.json"]
 
 
-def test_every_setting_is_compared_to_the_best_by_a_paired_bootstrap():
-    sw = _load()
+def test_every_setting_is_compared_to_the_best_by_a_paired_bootstrap(bench_script):
+    sw = bench_script("sampling_sweep")
     case = lambda v, d: {"volume": v, "dice_1": d}  # noqa: E731
     rows = [{"setting": "a", "mean_dice": 0.5, "per_case": [case("p1", 0.5), case("p2", 0.5)]},
             {"setting": "b", "mean_dice": 0.7, "per_case": [case("p1", 0.6), case("p2", 0.8)]}]

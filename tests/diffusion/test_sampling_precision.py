@@ -1,14 +1,8 @@
 """bf16 autocast sampling stays within the tolerance stated in docs/performance.md (benchmarks/sampling_precision.py)."""
 
-import importlib.util
-from pathlib import Path
 
-
-def test_bf16_sampling_within_stated_tolerance():
-    path = Path(__file__).parents[2] / "benchmarks" / "sampling_precision.py"
-    spec = importlib.util.spec_from_file_location("sampling_precision", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_bf16_sampling_within_stated_tolerance(bench_script):
+    mod = bench_script("sampling_precision")
     res = mod.measure("tiny", steps=5, n=4)
     assert set(res) == {"ddim", "dpmpp2m", "unipc"}
     for solver, r in res.items():

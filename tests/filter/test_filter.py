@@ -178,18 +178,15 @@ def test_segmenter_scorer(tmp_path):
     assert good[1][1] > bad[1][1], (good, bad)  # mean label probability inside the mask (0.99, 0.47)
 
 
-def test_benchmark_auc_on_shared_data_or_skip():
+def test_benchmark_auc_on_shared_data_or_skip(bench_script):
     """A small slice of benchmarks/filter_auc.py on real CHAOS T2 slices (skipped when the data is absent)."""
-    import importlib.util
     import os
     from pathlib import Path
 
     root = Path(os.environ.get("MRGEN_SHARED_DATA", "/work/shared/data")) / "chaos_t2"
     if not root.is_dir():
         pytest.skip("shared data (chaos_t2) not available")
-    spec = importlib.util.spec_from_file_location("filter_auc", Path(__file__).parents[2] / "benchmarks" / "filter_auc.py")
-    fa = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fa)
+    fa = bench_script("filter_auc")
     assert fa.auc([2, 3], [1, 1]) == 1.0 and fa.auc([1], [1]) == 0.5
     items = fa.load_chaos(root, 64, per_subject=1, max_subjects=3)
     pairs = [p for p in fa.make_pairs(items) if p[1] in ("aligned", "shift")]
@@ -197,19 +194,9 @@ def test_benchmark_auc_on_shared_data_or_skip():
     assert res["auc_iou_shift"] >= 0.75
 
 
-def _filter_auc_module():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("filter_auc", Path(__file__).parents[2] / "benchmarks" / "filter_auc.py")
-    fa = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fa)
-    return fa
-
-
-def test_benchmark_misalignments_work_on_3d_volumes():
+def test_benchmark_misalignments_work_on_3d_volumes(bench_script):
     """The threshold benchmark's shift moves a (Z, H, W) volume in-plane only; the warp stays within its amplitude."""
-    fa = _filter_auc_module()
+    fa = bench_script("filter_auc")
     m = np.zeros((6, 24, 24), np.int64)
     m[1:5, 8:16, 8:16] = 2
     rng = np.random.default_rng(0)

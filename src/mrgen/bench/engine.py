@@ -40,6 +40,7 @@ from mrgen.compute import Meter
 GENERATIVE = ("autoencoder", "ldm", "controller")
 SAMPLING = ("synthesize", "filter")
 STAGES = GENERATIVE + SAMPLING
+COMPUTE = "compute.json"  # per engine folder: the compute record of every stage that ran (drive writes, recorded reads)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -70,17 +71,19 @@ def drive(cfg: C.Config, names: tuple, provided: tuple, log=print) -> dict:
         if not part:
             continue
         res = pipeline.run(cfg, only=part, provided=("curate",) + tuple(provided), meter=Meter, log=log)
-        comp = io.read_json(wd / "compute.json") if (wd / "compute.json").exists() else {}
-        comp.update(res["ran"])
-        io.write_json(wd / "compute.json", comp)
+        io.write_json(wd / COMPUTE, {**_compute(wd), **res["ran"]})
         ran.update(res["ran"])
     return {n: ({**r, "ran_now": n in ran} if r else None) for n, r in recorded(wd, names).items()}
 
 
-def recorded(wd: Path, names: tuple) -> dict:
+def _compute(wd) -> dict:
+    f = Path(wd) / COMPUTE
+    return io.read_json(f) if f.exists() else {}
+
+
+def recorded(wd, names: tuple) -> dict:
     """``{stage: compute record or None}`` of ``names`` from ``<wd>/compute.json`` (written by :func:`drive`)."""
-    f = Path(wd) / "compute.json"
-    comp = io.read_json(f) if f.exists() else {}
+    comp = _compute(wd)
     return {n: comp.get(n) or None for n in names}
 
 

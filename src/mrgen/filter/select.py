@@ -94,14 +94,16 @@ def select_mask(records: list[dict], t: Thresholds, keep: int = 2, relax: float 
         r["kept"] = False
         r["reason"] = f"outside the best {top} by mean iou" if r not in pool else ""
     if floor is not None:
-        chosen = [r for r in pool if not failures(r, floor)][:keep]
-        for r in pool:
-            why = failures(r, floor)
+        why = [failures(r, floor) for r in pool]
+        chosen = [r for r, w in zip(pool, why) if not w][:keep]
+        for r, w in zip(pool, why):
             r["kept"] = r in chosen
             if r["kept"]:
                 r["reason"] = "kept"
+            elif w:
+                r["reason"] = "below the floor: " + "; ".join(w)
             else:
-                r["reason"] = "below the floor: " + "; ".join(why) if why else "above the floor, but better candidates filled the quota"
+                r["reason"] = "above the floor, but better candidates filled the quota"
         return chosen, "kept" if chosen else "dropped"
     strict = [r for r in pool if not failures(r, t)]
     if len(strict) >= keep:
