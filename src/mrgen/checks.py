@@ -82,6 +82,16 @@ def _validate_sample(s) -> None:
         raise ConfigError(f"sample.ddim_steps must be >= 1 sampling step, got {s.ddim_steps}")
     if not float(s.eta) >= 0:
         raise ConfigError(f"sample.eta must be >= 0 (0 = deterministic DDIM), got {s.eta}")
+    if not 0 < float(s.strength) <= 1:
+        raise ConfigError(f"sample.strength must be in (0, 1] (1 = from pure noise; 0.6 = SDEdit from the source image "
+                          f"noised over the last 60 % of the chain), got {s.strength}")
+    if float(s.strength) < 1 and round(float(s.strength) * int(s.ddim_steps)) < 1:
+        raise ConfigError(f"sample.strength={s.strength} x sample.ddim_steps={s.ddim_steps} leaves no sampling step; "
+                          "raise one of them")
+    if float(s.strength) < 1 and tuple(s.masks) != ("source",):
+        raise ConfigError(f"sample.strength={s.strength} starts each chain from the source image of its mask, but "
+                          f"sample.masks={list(s.masks)} includes label maps without one; set sample.masks=[source] "
+                          "or sample.strength=1")
     if float(s.eta) > 0 and s.solver != "ddim":
         raise ConfigError(f"sample.eta={s.eta} is DDIM's noise; sample.solver={s.solver} is a deterministic ODE solver: "
                           "set sample.eta=0 or sample.solver=ddim")

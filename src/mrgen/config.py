@@ -151,6 +151,10 @@ class SampleCfg:
     ddim_steps: int = 50  # sampling steps of every solver (network evaluations per sample, x2 with guidance)
     guidance: float = 7.0
     eta: float = 0.0  # DDIM's η (solver=ddim only; the multistep solvers are deterministic)
+    # 1: every chain starts from pure noise. < 1 (SDEdit, image-guided): the chain starts from the mask's own source
+    # image, encoded and noised to the level of the last round(strength x ddim_steps) steps, which are all it runs;
+    # anatomy from the real image, contrast from the target prompt (source masks only; docs/render.md)
+    strength: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast of the denoiser's evaluations; docs/performance.md)
     candidates: int = 20  # per source mask
     batch_size: int = 20

@@ -135,3 +135,53 @@ def test_decode(models):
     assert img.shape == (3, 1, *(16,) * cfg.data.spatial_dims)
     with torch.no_grad():
         torch.testing.assert_close(img, ae.decode(z / 0.5))
+
+
+def test_strength_runs_the_last_steps_of_the_same_schedule(make_cfg):
+    cfg = make_cfg(2)
+    full = [int(t) for t in make_solver(cfg.diffusion, 10, "ddim").timesteps]
+    assert full[-3:] == [201, 101, 1]  # leading spacing T // S = 100, offset 1 (T = 1000)
+    for solver in ("ddim", "dpmpp2m", "unipc"):
+        cut = make_solver(cfg.diffusion, 10, solver, strength=0.3)
+        assert [int(t) for t in cut.timesteps] == [201, 101, 1]
+    assert [int(t) for t in make_solver(cfg.diffusion, 10, "ddim", strength=0.55).timesteps] == full[-6:]  # round(5.5)
+    with pytest.raises(ValueError, match="at least one"):
+        make_solver(cfg.diffusion, 10, "ddim", strength=0.04)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp2m"])
+def test_sdedit_start_against_a_zero_denoiser(make_cfg, solver):
+    """A denoiser that predicts ε = 0 (MONAI's zero-initialised output conv) makes x̂_0 = x_t / sqrt(ᾱ_t) at every
+    step, so the chain ends at sqrt(ᾱ_0 / ᾱ_t0) x_t0 whatever the solver: with the SDEdit start
+    x_t0 = sqrt(ᾱ_t0) init + sqrt(1 - ᾱ_t0) noise. ᾱ from the scaled-linear betas, in float64 numpy."""
+    import numpy as np
+
+    from mrgen.diffusion.sampler import initial_noise
+
+    cfg = make_cfg(2)
+    den = nets.UNetDenoiser(nets.build_unet(cfg, DIM).eval())  # not randomised: ε ≡ 0
+    d = cfg.diffusion
+    betas = np.linspace(np.sqrt(d.beta_start), np.sqrt(d.beta_end), d.timesteps, dtype=np.float64) ** 2
+    ab = np.cumprod(1.0 - betas)
+    shape = latent_shape(cfg, 2)
+    init = torch.linspace(-1, 1, int(np.prod(shape))).reshape(shape)
+    ctx = torch.zeros(1, cfg.text.max_length, DIM)
+    out = sample(den, make_solver(d, 10, solver, strength=0.3), ctx, None, shape, [5, 6], guidance=1.0, init=init)
+    t0 = 201
+    noise = initial_noise(shape, [5, 6]).double()
+    want = np.sqrt(ab[0] / ab[t0]) * (np.sqrt(ab[t0]) * init.double() + np.sqrt(1 - ab[t0]) * noise)
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="init has shape"):
+        sample(den, make_solver(d, 10, solver, strength=0.3), ctx, None, shape, [5, 6], guidance=1.0, init=init[:1])
+
+
+def test_sdedit_sample_independent_of_batch(models):
+    cfg, den, ctx, unc, cond = models
+    shape = latent_shape(cfg, 3)
+    init = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    sched = lambda: make_solver(cfg.diffusion, 6, "dpmpp2m", strength=0.5)  # noqa: E731
+    batch = sample(den, sched(), ctx, unc, shape, [1, 2, 3], guidance=3.0, cond=cond, init=init)
+    alone = sample(den, sched(), ctx[1:2], unc, latent_shape(cfg, 1), [2], guidance=3.0, cond=cond[1:2], init=init[1:2])
+    torch.testing.assert_close(batch[1:2], alone, atol=1e-4, rtol=1e-4)
+    other = sample(den, sched(), ctx, unc, shape, [1, 2, 3], guidance=3.0, cond=cond, init=init.flip(0))
+    assert not torch.allclose(batch[0], other[0], atol=1e-3)  # the start image matters

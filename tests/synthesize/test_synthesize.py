@@ -92,3 +92,40 @@ def test_groups_fill_whole_batches_and_shards_compose():
     assert mine("1/2", 0, 1) == [2, 3, 6, 7]
     # shard 0/2 split over 2 launcher processes: groups 0, 2, 4 -> process 0 takes 0 and 4, process 1 takes 2
     assert mine("0/2", 0, 2) == [0, 1, 8, 9] and mine("0/2", 1, 2) == [4, 5]
+
+
+def test_sdedit_starts_from_the_source_image_records_and_regenerates(trained, tmp_path):
+    import shutil
+
+    cfg = trained
+    sample.run(cfg)
+    wd = tmp_path / "sdedit"
+    shutil.copytree(cfg.workdir, wd, ignore=shutil.ignore_patterns("synth"))
+    cut = load_config("tiny", overrides=[f"run.workdir={wd}", "sample.strength=0.5"])
+    sample.run(cut)
+    r = json.loads((wd / "synth" / "provenance.jsonl").read_text().splitlines()[0])
+    assert r["sampler"]["strength"] == 0.5
+    stored = sample.load_candidates(wd / "synth" / r["file"])["images"][r["candidate"]]
+    np.testing.assert_allclose(sample.regenerate(cut, r), stored, atol=2e-3)
+    plain = sample.load_candidates(cfg.workdir / "synth" / r["file"])["images"][r["candidate"]]
+    assert np.abs(plain - stored).max() > 1e-2  # same mask, prompt and seed: the start image changed the render
+    item = sample.find_item(cut, r["mask_id"])
+    gen = controller.load_generator(wd, cut)
+    mask = torch.from_numpy(item["load"]())[None]
+    s = r["sampler"]
+    want = gen.generate(mask, [r["prompt"]], [r["seed"]], guidance=s["guidance"], steps=s["ddim_steps"], strength=0.5,
+                        images=torch.from_numpy(item["image"]())[None])
+    np.testing.assert_allclose(stored, want[0, 0].numpy(), atol=2e-3)
+    with pytest.raises(ValueError, match="one image per mask"):
+        gen.generate(mask, [r["prompt"]], [r["seed"]], strength=0.5)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["sample.strength=0"], "in \\(0, 1\\]"), (["sample.strength=1.5"], "in \\(0, 1\\]"),
+    (["sample.strength=0.01"], "leaves no sampling step"),
+    (["sample.strength=0.5", "labelgen.enabled=true", "sample.masks=[source,generated]"], "set sample.masks=\\[source\\]")])
+def test_strength_config_errors(tmp_path, overrides, match):
+    from mrgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny", overrides=[f"run.workdir={tmp_path}", *overrides])

@@ -7,7 +7,8 @@
   samples images directly, nothing to decode, no conditioning scale.
 
 Both share :class:`Renderer` (prompt encoding with the empty prompt for guidance, mask checks,
-the provenance ``hashes``) and ``generate(masks, prompts, seeds, guidance, steps, eta, solver, precision)``.
+the provenance ``hashes``) and ``generate(masks, prompts, seeds, guidance, steps, eta, solver, precision,
+strength, images)``.
 """
 
 from __future__ import annotations
@@ -52,14 +53,21 @@ class Renderer:
         """Sampled ``x_0`` of :meth:`noise_shape` -> images ``(N, 1, *S)``."""
         raise NotImplementedError
 
+    def from_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, 1, *S)`` -> the ``x_0`` the sampler starts an SDEdit chain from (:meth:`noise_shape`)."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, prompts: list[str], seeds: list[int], guidance: float = 7.0,
-                 steps: int = 50, eta: float = 0.0, solver: str = "ddim", precision: str = "fp32") -> torch.Tensor:
+                 steps: int = 50, eta: float = 0.0, solver: str = "ddim", precision: str = "fp32",
+                 strength: float = 1.0, images: torch.Tensor | None = None) -> torch.Tensor:
         """Label maps ``(N, *S)`` (``S`` = the item shape, e.g. ``(H, W)``) + prompts + seeds ->
         images ``(N, 1, *S)`` float32 in [-1, 1] on the CPU. Sample ``i`` depends only on its own
         mask, prompt and seed (``solver`` (``sample.solver``: ddim, dpmpp2m, unipc) with ``steps``
         steps, DDIM's η = ``eta``, classifier-free guidance ``guidance`` with the empty prompt,
-        the denoiser in ``precision``)."""
+        the denoiser in ``precision``), and for ``strength < 1`` (SDEdit) on its own start image
+        ``images[i]`` ``(N, *S)`` in [-1, 1] (the mask's source image), of which the chain runs
+        the last ``round(strength * steps)`` steps."""
         from mrgen.diffusion import make_solver, sample
         from mrgen.nets import encode_mask
 
@@ -73,8 +81,14 @@ class Renderer:
         cond = encode_mask(masks.long(), self.cfg.controller.mask_encoding, self.n_labels).to(dev)
         ctx = self.text.encode(list(prompts), device=dev).float()
         unc = self.text.encode([EMPTY_PROMPT], device=dev).float()
-        x = sample(self.denoiser, make_solver(self.cfg.diffusion, steps, solver), ctx, unc, self.noise_shape(n, spatial),
-                   list(seeds), guidance, cond=cond, eta=eta, precision=precision)
+        init = None
+        if float(strength) != 1.0:
+            if images is None or tuple(images.shape) != (n, *spatial):
+                got = "none" if images is None else tuple(images.shape)
+                raise ValueError(f"strength={strength} (SDEdit) starts from one image per mask, shape {(n, *spatial)}; got {got}")
+            init = self.from_images(images.float().unsqueeze(1).to(dev))
+        x = sample(self.denoiser, make_solver(self.cfg.diffusion, steps, solver, strength), ctx, unc,
+                   self.noise_shape(n, spatial), list(seeds), guidance, cond=cond, eta=eta, precision=precision, init=init)
         return self.to_images(x).float().clamp(-1, 1).cpu()
 
 
@@ -108,6 +122,9 @@ class LatentRenderer(Renderer):
 
         return decode(self.autoencoder, x, self.scale_factor)
 
+    def from_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(images)[0].float() * self.scale_factor  # the posterior mean, as the LDM's latents
+
 
 class PixelRenderer(Renderer):
     """:class:`~mrgen.nets.ConcatUNet` + text encoder: pixel-space sampling, nothing to decode.
@@ -128,6 +145,9 @@ class PixelRenderer(Renderer):
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def from_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images
 
 
 def render_mask(mask: torch.Tensor, n: int) -> torch.Tensor:

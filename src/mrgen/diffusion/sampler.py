@@ -76,6 +76,7 @@ def sample(
     cond: torch.Tensor | None = None,
     eta: float = 0.0,
     precision: str = "fp32",
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the chain of ``scheduler`` (``make_ddim`` or ``make_solver``: timesteps already set).
 
@@ -93,6 +94,9 @@ def sample(
             ``UNetDenoiser``; the denoiser checks its shape.
         eta: DDIM η (0 = deterministic); the multistep solvers refuse η > 0.
         precision: ``fp32`` or ``bf16`` (autocast of the denoiser evaluations).
+        init: ``x_0`` to start from (SDEdit), of ``noise_shape``: the chain starts at the scheduler's first
+            timestep ``t`` from ``sqrt(ᾱ_t) init + sqrt(1 - ᾱ_t) noise`` (the seeds' noise) instead of pure
+            noise; give a scheduler whose timesteps were cut to the last ones (``make_solver(strength=...)``).
     Returns:
         ``x_0`` of ``noise_shape`` (latents, or images for a ``ConcatUNet``), float32 on the denoiser's device.
     """
@@ -123,6 +127,11 @@ def sample(
             cond = torch.cat([cond, cond])  # same mask for both halves (see module docstring)
 
     x = initial_noise(noise_shape, seeds).to(device) * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    if init is not None:
+        if tuple(init.shape) != noise_shape:
+            raise ValueError(f"init has shape {tuple(init.shape)}, expected {noise_shape} (one x_0 per seed)")
+        a = float(scheduler.alphas_cumprod[int(scheduler.timesteps[0])])
+        x = a ** 0.5 * init.to(device).float() + (1.0 - a) ** 0.5 * x
     gens = None
     if eta > 0:  # per-sample generators for the η noise, on the sampling device
         gens = [torch.Generator(device=device).manual_seed(int(s) + 1) for s in seeds]

@@ -67,6 +67,7 @@ class DPMSolverPP2M:
         levels = [float(ac[t]) for t in ts] + [float(ac[0])]  # the last step lands on ᾱ_0, as DDIM's does
         self.timesteps = ddim.timesteps
         self.num_train_timesteps = ddim.num_train_timesteps
+        self.alphas_cumprod = ddim.alphas_cumprod
         self.alpha = [math.sqrt(a) for a in levels]
         self.sigma = [math.sqrt(1.0 - a) for a in levels]
         self.lam = [math.log(a) - math.log(s) for a, s in zip(self.alpha, self.sigma)]
@@ -158,12 +159,26 @@ class UniPC(DPMSolverPP2M):
         return self._predict(x, i, order), m
 
 
-def make_solver(dcfg, steps: int, solver: str = "ddim"):
+def start_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` timesteps a chain of ``strength`` runs: ``round(strength * steps)`` (the last ones)."""
+    k = int(round(float(strength) * int(steps)))
+    if not 0 < float(strength) <= 1 or k < 1:
+        raise ValueError(f"strength must be in (0, 1] and leave at least one of the {steps} steps, got {strength}")
+    return k
+
+
+def make_solver(dcfg, steps: int, solver: str = "ddim", strength: float = 1.0):
     """The sampler's scheduler for ``sample.solver``: DDIM (MONAI's step, leading spacing) or a
-    multistep solver on the same timesteps; ``steps`` network evaluations (×2 with guidance)."""
+    multistep solver on the same timesteps; ``steps`` network evaluations (×2 with guidance).
+
+    ``strength < 1`` (SDEdit): only the last :func:`start_steps` timesteps of the ``steps``-step schedule
+    (same spacing, so DDIM's ``t - T // S`` still is the next timestep); the sampler starts its chain at the
+    first of them from a noised image (:func:`mrgen.diffusion.sample`'s ``init``)."""
     if solver not in SOLVERS:
         raise ValueError(f"sample.solver must be one of {', '.join(SOLVERS)}, got '{solver}'")
     ddim = make_ddim(dcfg, steps)
+    if float(strength) != 1.0:
+        ddim.timesteps = ddim.timesteps[len(ddim.timesteps) - start_steps(steps, strength):]
     if solver == "ddim":
         return ddim
     return {"dpmpp2m": DPMSolverPP2M, "unipc": UniPC}[solver](ddim)

@@ -73,15 +73,23 @@ def _sampler_settings(cfg: Config) -> dict:
         "guidance": cfg.sample.guidance,
         "eta": cfg.sample.eta,
         "precision": cfg.sample.precision,
+        "strength": cfg.sample.strength,
         "conditioning_scale": cfg.controller.conditioning_scale,
     }
 
 
 def _generate_kw(s: dict) -> dict:
     """``Renderer.generate`` keywords from :func:`_sampler_settings` (records made before ``solver`` /
-    ``precision`` were recorded were DDIM in fp32)."""
+    ``precision`` / ``strength`` were recorded were DDIM in fp32 from pure noise)."""
     return {"guidance": s["guidance"], "steps": s["ddim_steps"], "eta": s["eta"], "solver": s.get("solver", "ddim"),
-            "precision": s.get("precision", "fp32")}
+            "precision": s.get("precision", "fp32"), "strength": s.get("strength", 1.0)}
+
+
+def start_images(items: list[dict], strength: float) -> torch.Tensor | None:
+    """The SDEdit start images of ``items`` (their source images, ``(N, *S)``), or None at strength 1."""
+    if float(strength) == 1.0:
+        return None
+    return torch.from_numpy(np.stack([r["image"]() for r in items]))
 
 
 def run(cfg: Config) -> dict:
@@ -114,7 +122,7 @@ def run(cfg: Config) -> dict:
                 masks = torch.from_numpy(np.stack([r["load"]() for r, _ in batch]))
                 texts = [target_prompt(cfg, r) for r, _ in batch]
                 seeds = [candidate_seed(cfg.sample.seed, r["id"], c) for r, c in batch]
-                imgs = gen.generate(masks, texts, seeds, **sampler)
+                imgs = gen.generate(masks, texts, seeds, **sampler, images=start_images([r for r, _ in batch], sampler["strength"]))
                 for (r, c), img, seed, text, m in zip(batch, imgs, seeds, texts, masks):
                     pending.setdefault(r["id"], []).append((c, img[0].float().numpy(), seed, text, m.numpy()))
                     if len(pending[r["id"]]) == cfg.sample.candidates:
@@ -198,7 +206,9 @@ def regenerate(cfg: Config, record: dict, gen=None) -> np.ndarray:
         raise ValueError(f"candidate {record['key']}#{record['candidate']} was rendered with controller.conditioning_scale="
                          f"{s['conditioning_scale']}, the renderer uses {gen.conditioning_scale}; set "
                          f"controller.conditioning_scale={s['conditioning_scale']}")
-    img = gen.generate(torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]], **_generate_kw(s))
+    kw = _generate_kw(s)
+    img = gen.generate(torch.from_numpy(item["load"]())[None], [record["prompt"]], [record["seed"]], **kw,
+                       images=start_images([item], kw["strength"]))
     return img[0, 0].float().numpy()
 
 

@@ -5,7 +5,8 @@
 * ``morphed``: label maps edited by the run's ``morph.recipe`` (``morph/labels/*.npz``).
 
 Every item is a dict ``{id, key, kind, region, organs, hash, spacing, load}``; ``load()`` gives
-the mask in the curated item layout (``(H, W)`` or ``(Z, H, W)``), int64.
+the mask in the curated item layout (``(H, W)`` or ``(Z, H, W)``), int64. A source item also has
+``image()``: its source image in that layout, float32 in [-1, 1] (the SDEdit start, ``sample.strength``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def load_row_mask(cfg: Config, row: dict) -> np.ndarray:
     return load_row(cfg.workdir / "curated", row, item_shape(cfg), image=False)[1]
 
 
+def load_row_image(cfg: Config, row: dict) -> np.ndarray:
+    """The image of curated ``row`` in the item shape, float32 in [-1, 1]."""
+    from mrgen.curate.dataset import item_shape, load_row
+
+    return load_row(cfg.workdir / "curated", row, item_shape(cfg), mask=False)[0]
+
+
 def _file_items(cfg: Config, kind: str) -> list[dict]:
     from mrgen.labelmaps import load_labels
 
@@ -75,7 +83,7 @@ def mask_items(cfg: Config, index=None, kinds: tuple | None = None) -> list[dict
         for r in source_masks(index, cfg):
             out.append({"id": r["id"], "key": mask_key(r["id"]), "kind": "source", "region": r["region"] or "",
                         "organs": list(r["organs"]), "hash": r.get("hash", ""), "spacing": item_spacing(cfg, r),
-                        "row": r, "load": (lambda r=r: load_row_mask(cfg, r))})
+                        "row": r, "load": (lambda r=r: load_row_mask(cfg, r)), "image": (lambda r=r: load_row_image(cfg, r))})
     for kind in ("generated", "morphed"):
         if kind in kinds:
             found = _file_items(cfg, kind)
