@@ -207,3 +207,13 @@ def test_benchmark_misalignments_work_on_3d_volumes(bench_script):
     assert set(np.unique(w)) <= {0, 2} and not np.array_equal(w, m)
     ys, xs = np.nonzero((w == 2).any(0))
     assert ys.min() >= 5 and ys.max() <= 18 and xs.min() >= 5 and xs.max() <= 18  # within 2 px (+1 rounding) of the box
+
+
+def test_adherence_averages_every_candidate_and_the_kept_ones():
+    from mrgen.filter.stage import adherence
+
+    rec = lambda c, **iou: {"candidate": c, "labels": {k: {"iou": v, "conf": 1.0} for k, v in iou.items()}}  # noqa: E731
+    recs = {"a": [rec(0, liver=0.2, brain=0.9), rec(1, liver=0.6, brain=0.7)], "b": [rec(0, brain=0.5)]}
+    out = adherence(recs, [{"key": "a", "candidate": 1}])
+    assert out == {"brain": {"all": 0.7, "kept": 0.7, "n": 3}, "liver": {"all": 0.4, "kept": 0.6, "n": 2}}
+    assert adherence(recs, [])["liver"]["kept"] is None

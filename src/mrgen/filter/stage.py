@@ -10,7 +10,8 @@ Reads ``<workdir>/synth/candidates/<key>.npz``; writes ``<workdir>/filter/``:
 * ``scores.jsonl`` — one record per candidate: ``key, mask_id, candidate, seed, labels
   {label: {iou, conf}}, mean_iou, mean_conf, kept, reason``;
 * ``kept.json`` — ``{"scorer", "thresholds", "calibration", "kept": [{key, candidate, mask_id, seed,
-  mean_iou, mean_conf, relaxed, file}], "dropped": [{key, mask_id, reason}], "summary": {...}}``;
+  mean_iou, mean_conf, relaxed, file}], "dropped": [{key, mask_id, reason}], "summary": {...},
+  "adherence": {label: {"all", "kept", "n"}}}`` (:func:`adherence`);
   written only when at least ``filter.min_kept_fraction`` of the masks keep a candidate; below
   that the stage raises :class:`FilterStarved`, writes the would-be selection to ``starved.json``
   and removes an older ``kept.json``, so no later stage trains on a handful of pairs unawares;
@@ -196,7 +197,8 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
               "selection": {"mode": f.selection, "keep": f.keep, "relax": f.relax, "relax_keep": f.relax_keep,
                             "top": f.top, "min_kept_fraction": f.min_kept_fraction,
                             **({"floor": low.as_dict()} if low is not None else {})},
-              "kept": kept, "dropped": dropped, "summary": {k: v for k, v in summary.items() if k not in history}}
+              "kept": kept, "dropped": dropped, "summary": {k: v for k, v in summary.items() if k not in history},
+              "adherence": adherence(all_recs, kept)}
     if summary["kept_fraction"] < f.min_kept_fraction:
         io.write_json(out / STARVED, report)
         (out / "kept.json").unlink(missing_ok=True)  # a selection of other settings must not reach export
@@ -211,6 +213,23 @@ def _select_and_write(cfg, all_recs: dict, sid: str, files: list, resumed: int, 
             summary["figure_error"] = f"{type(exc).__name__}: {exc}"
     summary["figure"] = str(fig) if fig else ""
     return summary
+
+
+def adherence(all_recs: dict, kept: list) -> dict:
+    """Mask adherence per label: the scorer's IoU of the rendered structure against the mask it was conditioned
+    on, averaged over ALL candidates (``all``: what the renderer does, before any selection) and over the kept
+    ones (``kept``); ``n`` = candidates whose mask holds the label. Context labels (the brain outline) included."""
+    chosen = {(k["key"], k["candidate"]) for k in kept}
+    per: dict = {}
+    for key, recs in all_recs.items():
+        for r in recs:
+            for label, s in r["labels"].items():
+                d = per.setdefault(label, {"all": [], "kept": []})
+                d["all"].append(float(s["iou"]))
+                if (key, r["candidate"]) in chosen:
+                    d["kept"].append(float(s["iou"]))
+    mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    return {label: {"all": mean(d["all"]), "kept": mean(d["kept"]), "n": len(d["all"])} for label, d in sorted(per.items())}
 
 
 def rank_floor(f, calibration: dict | None) -> Thresholds | None:
