@@ -36,6 +36,8 @@ def test_overrides_are_typed_and_nested():
     (["noequals"], "must look like section.key=value"),
     (["data.image_size=17"], "not divisible"),
     (["controller.mask_encoding=rgb"], "merged"),
+    (["controller.target_mask=blank"], "'background' or 'unknown'"),
+    (["controller.mask_encoding=merged", "controller.target_mask=unknown"], "set controller.mask_encoding=onehot"),
 ])
 def test_bad_overrides_say_what_is_wrong(bad, msg):
     with pytest.raises(C.ConfigError, match=msg):

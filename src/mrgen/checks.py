@@ -22,6 +22,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"phantom.layout must be 'abdomen' or 'brain', got '{cfg.phantom.layout}'")
     if cfg.controller.mask_encoding not in ("merged", "onehot"):
         raise ConfigError(f"controller.mask_encoding must be 'merged' or 'onehot', got '{cfg.controller.mask_encoding}'")
+    if cfg.controller.target_mask not in ("background", "unknown"):
+        raise ConfigError(f"controller.target_mask must be 'background' or 'unknown', got '{cfg.controller.target_mask}'")
+    if cfg.controller.target_mask == "unknown" and cfg.controller.mask_encoding != "onehot":
+        raise ConfigError("controller.target_mask=unknown encodes unannotated pixels as no class at all, which the merged "
+                          "encoding cannot express (its 0 is background); set controller.mask_encoding=onehot")
     if cfg.controller.mode not in ("controlnet", "concat"):
         raise ConfigError(f"controller.mode must be 'controlnet' (mask controller on the LDM) or 'concat' (Med-DDPM), got '{cfg.controller.mode}'")
     if cfg.controller.mode == "concat" and cfg.controller.conditioning_scale != 1.0:

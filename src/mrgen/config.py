@@ -122,6 +122,10 @@ class ControllerCfg:
     conditioning_channels: tuple = (16, 32, 96)  # learnable mask downsampling module
     target_fraction: float = 0.5  # share of unannotated target items per batch (empty or context-only mask)
     target_context: bool = True  # target items carry their context labels (brain outline), never segmentation labels
+    # how a target item's unannotated pixels are encoded: background (as annotated background: an unannotated LGE heart
+    # reads "no heart here") | unknown (onehot only: no channel set, so no target image teaches that its anatomy is
+    # background; its context region is unknown too, only the background around it is known; docs/render.md)
+    target_mask: str = "background"
     conditioning_scale: float = 1.0  # rendering: ControlNet residuals x this (trained at 1); controlnet mode only
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=2000, lr=2e-4, batch_size=32))
 

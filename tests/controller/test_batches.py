@@ -67,3 +67,27 @@ def test_target_items_never_carry_segmentation_labels(tiny_index, tiny_config):
     assert int(c[:4].count_nonzero()) > 0 and int(c[4:].count_nonzero()) == 0  # source masks kept, target masks empty
     target_prompts = [cond.prompts[i] for i in ids[4:].tolist()]
     assert target_prompts and not any(o in p for p in target_prompts for o in ("liver", "spleen"))  # no-organ prompts
+
+
+def test_target_mask_unknown_leaves_unannotated_pixels_without_a_class():
+    """Source masks (value 1 everywhere) keep their one-hot; a target item without context (all zero) encodes as no
+    class anywhere; one with a context label (value 2 in its left half) keeps only the background around it."""
+    from mrgen.nets import unknown_unannotated
+
+    src, _ = _sides()
+    ctx_mask = torch.zeros(4, 4, dtype=torch.long)
+    ctx_mask[:, :2] = 2
+    tgt = Side(lambda i: (100 + i.float(),), lambda i: torch.stack([ctx_mask if int(j) == 0 else torch.zeros(4, 4, dtype=torch.long)
+                                                                   for j in i]), 10 + torch.arange(2))
+    draw = Draw(0, 0, 0, 1, 64)
+    _, _, plain = mixed_batch(draw, src, tgt, 0.5, 0.0, "onehot", 2)
+    x, _, cond = mixed_batch(draw, src, tgt, 0.5, 0.0, "onehot", 2, target_mask="unknown")
+    assert torch.equal(cond[:32], plain[:32]) and bool((cond[:32, 1] == 1).all())  # source: label 1 everywhere
+    assert bool((plain[32:].sum(1) == 1).all())  # as before: every target pixel has a class (background or context)
+    with_ctx, without = cond[32:][x[32:] == 100], cond[32:][x[32:] == 101]
+    assert len(with_ctx) and len(without) and bool((without == 0).all())
+    want = torch.zeros(3, 4, 4)
+    want[0, :, 2:] = 1  # background known right of the context; the context region has no class
+    assert all(torch.equal(c, want) for c in with_ctx)
+    m = torch.tensor([[[0, 3], [3, 0]]])
+    assert torch.equal(unknown_unannotated(m, torch.ones(1, 4, 2, 2)), torch.tensor([[[1.0, 0], [0, 1]]]).expand(4, 2, 2)[None])

@@ -73,7 +73,8 @@ def run(cfg: Config) -> dict:
         return (mu + sigma * torch.randn_like(sigma)) * scale
 
     def batch_fn(step, draw):
-        return mixed_batch(draw, *sides, frac, cfg.ldm.prompt_dropout, cfg.controller.mask_encoding, labels, latents)
+        return mixed_batch(draw, *sides, frac, cfg.ldm.prompt_dropout, cfg.controller.mask_encoding, labels, latents,
+                           cfg.controller.target_mask)
 
     def loss_fn(batch, step):
         z, ids, c = batch

@@ -68,17 +68,18 @@ def _first(*fields: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_batch(draw, source: Side, target: Side, target_fraction: float, prompt_dropout: float, mask_encoding: str,
-                n_labels: int, combine: Callable = _first) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                n_labels: int, combine: Callable = _first, target_mask: str = "background") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch of ``draw.size`` items (``draw``: :class:`mrgen.train.Draw`).
 
     ``k = round(draw.size * target_fraction)`` target items (0 if ``target`` has none) follow
     ``draw.size - k`` source items; indices are drawn with ``salt=1`` (source) and ``salt=2`` (target).
     Returns ``(x, ids, cond)``: ``x = combine(*fields)`` of the concatenated fields (default: the first),
-    ``ids`` ``(size,)`` after :func:`mrgen.ldm.drop_prompts`, ``cond`` the encoded masks ``(size, M, *S)``.
+    ``ids`` ``(size,)`` after :func:`mrgen.ldm.drop_prompts`, ``cond`` the encoded masks ``(size, M, *S)``; with
+    ``target_mask="unknown"`` the target items' unannotated pixels encode as no class (:func:`mrgen.nets.unknown_unannotated`).
     Global RNG: whatever ``combine`` draws, then ``torch.rand(size)`` for the dropout, in that order.
     """
     from mrgen.ldm import drop_prompts
-    from mrgen.nets import encode_mask
+    from mrgen.nets import encode_mask, unknown_unannotated
 
     if not 0.0 <= float(target_fraction) <= 1.0:
         raise ValueError(f"controller.target_fraction must lie in [0, 1] (share of target items per batch), got {target_fraction}")
@@ -88,4 +89,7 @@ def mixed_batch(draw, source: Side, target: Side, target_fraction: float, prompt
     x = combine(*(torch.cat(col) for col in zip(*(side.fields(i) for side, i in parts))))
     masks = torch.cat([side.masks(i) for side, i in parts])
     ids = drop_prompts(torch.cat([side.ids[i] for side, i in parts]), prompt_dropout)
-    return x, ids, encode_mask(masks, mask_encoding, n_labels)
+    cond = encode_mask(masks, mask_encoding, n_labels)
+    if target_mask == "unknown" and k_tgt:
+        cond = torch.cat([cond[:-k_tgt], unknown_unannotated(masks[-k_tgt:], cond[-k_tgt:])])
+    return x, ids, cond

@@ -48,7 +48,8 @@ def run(cfg: Config) -> dict:
     frac = float(cfg.controller.target_fraction)
 
     def batch_fn(step, draw):
-        return mixed_batch(draw, *sides, frac, cfg.ldm.prompt_dropout, cfg.controller.mask_encoding, labels)
+        return mixed_batch(draw, *sides, frac, cfg.ldm.prompt_dropout, cfg.controller.mask_encoding, labels,
+                           target_mask=cfg.controller.target_mask)
 
     def loss_fn(batch, step):
         x, ids, c = batch

@@ -18,6 +18,7 @@ from mrgen.nets.builders import (
     mask_channels,
     pixel_factor,
     unet_to_controller_keymap,
+    unknown_unannotated,
     zero_conv_names,
 )
 from mrgen.nets.denoisers import ConcatUNet, ControlledUNet, UNetDenoiser, as_denoiser
@@ -50,5 +51,6 @@ __all__ = [
     "save_model",
     "sha256_file",
     "unet_to_controller_keymap",
+    "unknown_unannotated",
     "zero_conv_names",
 ]

@@ -181,6 +181,16 @@ def encode_mask(mask: torch.Tensor, encoding: str, n_labels: int) -> torch.Tenso
     raise ValueError(f"mask encoding must be 'merged' or 'onehot', got '{encoding}'")
 
 
+def unknown_unannotated(mask: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``controller.target_mask=unknown``: the one-hot ``cond`` ``(N, C, *S)`` of unannotated items' ``mask``
+    ``(N, *S)`` (all-zero, or context labels only) with every pixel whose class is not known set to no class
+    (all channels 0). Known: the background around an item's context labels; unknown: everything of an item
+    without context, and the context region itself (its segmentation labels were never read)."""
+    has = mask.flatten(1).ne(0).any(1).view(-1, *([1] * (mask.ndim - 1)))
+    known = mask.eq(0) & has
+    return cond * known.unsqueeze(1).to(cond.dtype)
+
+
 def zero_conv_names(controller: ControlNet) -> list[str]:
     """Parameter names of the controller's zero convolutions (ControlNet paper's 'zero convs')."""
     return [
