@@ -202,6 +202,8 @@ EXPECTED = {  # hand-written: what a user changes -> what must re-run (the issue
     "audit.max_images": ["audit", "export"],  # the dataset card carries the audit
     "run.device": [],
     "ldm.train.log_every": [],
+    "controller.target_mask": ["controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
+    "sample.strength": ["synthesize", "filter", "segment", "audit", "export", "evaluate"],
 }
 
 
@@ -209,7 +211,8 @@ EXPECTED = {  # hand-written: what a user changes -> what must re-run (the issue
 def test_the_settings_users_change_rerun_what_they_should(stub_run, key):
     cfg, go = stub_run
     value = {"run.test_subjects": ("sub-007",), "run.source_subjects": ("sub-001",), "run.target_datasets": ("phantom",),
-             "run.device": "cpu", "export.format": "nifti"}.get(key, None)
+             "run.device": "cpu", "export.format": "nifti", "controller.target_mask": "unknown",
+             "sample.strength": 0.5}.get(key, None)
     new = _replace(cfg, key, value if value is not None else _changed(_get(cfg, key)))
     assert go(new) == EXPECTED[key]
 
@@ -236,6 +239,16 @@ def test_provided_and_only(stub_run):
     new = _replace(cfg, "ldm.prompt_dropout", 0.3)
     assert go(new, only=("controller",), provided=("ldm",)) == ["controller"]  # ldm's new stamp recorded, not run
     assert go(new) == ["synthesize", "filter", "segment", "audit", "export", "evaluate"]
+
+
+def test_keys_added_later_enter_no_stamp_at_their_old_behaviour():
+    cfg = C.load_config("tiny")
+    assert contract.ADDED == {"controller.target_mask": "background", "sample.strength": 1.0}
+    assert "controller.target_mask" not in contract.config_of(cfg, "controller")  # a controller trained before
+    assert "sample.strength" not in contract.config_of(cfg, "synthesize")  # the key existed is still current
+    new = _replace(cfg, "controller.target_mask", "unknown")
+    assert contract.config_of(new, "controller")["controller.target_mask"] == "unknown"
+    assert contract.stamps(new)["controller"] != contract.stamps(cfg)["controller"]
 
 
 def test_fingerprint_config_is_the_declared_reads_without_step_counts():

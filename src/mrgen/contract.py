@@ -11,7 +11,8 @@ Two things are derived from that one declaration and from nothing else:
 * the **training fingerprint** (:func:`config_of`): the config a checkpoint must match to be
   resumed (``train.fit``'s ``meta["config"]``).
 
-Keys in :data:`NO_EFFECT` never change what a stage writes (where the run folder lives, the
+Keys in :data:`ADDED` at their listed value are left out too: they were added later, and that value does
+what the code did before them. Keys in :data:`NO_EFFECT` never change what a stage writes (where the run folder lives, the
 device, how work is shared between processes, progress and checkpoint cadence), so no stamp holds them: a run folder that is moved
 re-runs nothing. Keys in :data:`RESUMABLE` (training length) change a training stage's stamp
 but not its *identity*: the stage re-runs and resumes from its checkpoint instead of starting
@@ -45,6 +46,9 @@ NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.w
 # Keys that lengthen training: a changed value re-runs the stage, which resumes from its checkpoint.
 RESUMABLE = ("*.train.steps", "labelgen.*_train.steps")
 LAYOUT = ("data.spatial_dims", "data.image_size", "data.depth")  # the item shape every model is built for
+# Keys added after run folders existed, with the value that does what the code did before them: at that value a key
+# enters no stamp, so a run folder made before it re-runs nothing (and a checkpoint still resumes); any other value does.
+ADDED = {"controller.target_mask": "background", "sample.strength": 1.0}
 
 
 @dataclass(frozen=True)
@@ -150,10 +154,15 @@ def declared(cfg: C.Config, reads: tuple, drop: tuple = (), values: dict | None 
             if _matches(k, reads) and not _matches(k, NO_EFFECT) and not _matches(k, drop)}
 
 
+def stamped(values: dict) -> dict:
+    """``values`` without the :data:`ADDED` keys at their listed value (what a stamp and a fingerprint hold)."""
+    return {k: v for k, v in values.items() if not (k in ADDED and v == ADDED[k])}
+
+
 def config_of(cfg: C.Config, name: str) -> dict:
     """The training fingerprint's config of stage ``name``: its declared reads without the step counts
     (training longer resumes a checkpoint)."""
-    return declared(cfg, stage(cfg, name).reads, RESUMABLE)
+    return stamped(declared(cfg, stage(cfg, name).reads, RESUMABLE))
 
 
 def _hash(obj) -> str:
@@ -181,8 +190,8 @@ def stamps(cfg: C.Config) -> dict:
     for s in stages(cfg):
         up = [out[a][0] for a in s.after if a in out]
         extra = [manifest_hash(cfg) if e == "manifest" else e for e in s.extra]
-        ident = _hash([declared(cfg, s.reads, RESUMABLE, values), extra, up])
-        out[s.name] = (_hash([declared(cfg, s.reads, (), values), extra, up]), ident)
+        ident = _hash([stamped(declared(cfg, s.reads, RESUMABLE, values)), extra, up])
+        out[s.name] = (_hash([stamped(declared(cfg, s.reads, (), values)), extra, up]), ident)
     return out
 
 

@@ -104,7 +104,7 @@ def _engine_settings(spec: S.Spec, base: C.Config, fold: S.Fold) -> dict:
     from mrgen import contract
 
     ecfg = S.engine_config(spec, base, Path("engine"), fold)
-    return contract.declared(ecfg, tuple(f.name for f in dataclasses.fields(ecfg)))  # without NO_EFFECT keys
+    return contract.stamped(contract.declared(ecfg, tuple(f.name for f in dataclasses.fields(ecfg))))  # without NO_EFFECT keys
 
 
 def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> tuple[str, str]:
