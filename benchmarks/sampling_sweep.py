@@ -86,7 +86,10 @@ def one_setting(bench: Path, src_wd: Path, out: Path, fold: int, solver: str, st
     eng = wd / "folds" / str(fold) / "engine"
     kept = io.read_json(eng / "filter" / "kept.json") if (eng / "filter" / "kept.json").exists() else None
     masks = len(list((eng / "synth" / "candidates").glob("*.npz")))
-    guidance = load_config(file=eng / "config.yaml").sample.guidance  # the engine's resolved config, as it rendered
+    from mrgen.diffusion.solvers import start_steps
+
+    ecfg = load_config(file=eng / "config.yaml").sample  # the engine's resolved config, as it rendered
+    run_steps = start_steps(steps, ecfg.strength)  # sample.strength < 1 (SDEdit) runs only the last steps
     n_kept = len(kept["kept"]) if kept else (row["notes"].get("training_set", {}).get("pairs", {}).get("synthetic")
                                              or row["n_pairs"])
     rec = {"setting": name, "solver": solver, "steps": steps, "candidates": cands, "masks": masks, "kept": n_kept,
@@ -95,8 +98,9 @@ def one_setting(bench: Path, src_wd: Path, out: Path, fold: int, solver: str, st
            "per_label": {k: v["dice"] for k, v in row["metrics"]["per_label"].items()},
            "per_case": row["metrics"].get("per_case") or [],
            "synthesize_cpu_s": (row["compute"].get("engine.synthesize") or {}).get("cpu_s"),
-           "filter_cpu_s": (row["compute"].get("engine.filter") or {}).get("cpu_s"), "wall_s": round(wall, 1)}
-    rec["evaluations"] = evaluations(rec, steps, cands, masks, guidance)
+           "filter_cpu_s": (row["compute"].get("engine.filter") or {}).get("cpu_s"), "wall_s": round(wall, 1),
+           "strength": ecfg.strength, "adherence": (kept or {}).get("adherence")}
+    rec["evaluations"] = evaluations(rec, run_steps, cands, masks, ecfg.guidance)
     return rec
 
 
