@@ -86,7 +86,7 @@ def one_setting(bench: Path, src_wd: Path, out: Path, fold: int, solver: str, st
     eng = wd / "folds" / str(fold) / "engine"
     kept = io.read_json(eng / "filter" / "kept.json") if (eng / "filter" / "kept.json").exists() else None
     masks = len(list((eng / "synth" / "candidates").glob("*.npz")))
-    from mrgen.diffusion.solvers import start_steps
+    from mrgen.config import start_steps
 
     ecfg = load_config(file=eng / "config.yaml").sample  # the engine's resolved config, as it rendered
     run_steps = start_steps(steps, ecfg.strength)  # sample.strength < 1 (SDEdit) runs only the last steps

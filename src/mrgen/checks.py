@@ -11,6 +11,18 @@ from mrgen.errors import ConfigError
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
 
+def start_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` timesteps a chain of ``sample.strength`` runs: ``round(strength * steps)``, the last
+    ones (1 = all; below 1, SDEdit from the source image); a strength outside (0, 1] or leaving no step is refused."""
+    k = int(round(float(strength) * int(steps)))
+    if not 0 < float(strength) <= 1:
+        raise ConfigError(f"sample.strength must be in (0, 1] (1 = from pure noise; 0.6 = SDEdit from the source image "
+                          f"noised over the last 60 % of the chain), got {strength}")
+    if k < 1:
+        raise ConfigError(f"sample.strength={strength} x sample.ddim_steps={steps} leaves no sampling step; raise one of them")
+    return k
+
+
 def validate(cfg) -> None:
     """Raise one :class:`ConfigError` for the first bad value of a resolved ``mrgen.config.Config``."""
     devices.check(cfg.run.device)
@@ -87,12 +99,7 @@ def _validate_sample(s) -> None:
         raise ConfigError(f"sample.ddim_steps must be >= 1 sampling step, got {s.ddim_steps}")
     if not float(s.eta) >= 0:
         raise ConfigError(f"sample.eta must be >= 0 (0 = deterministic DDIM), got {s.eta}")
-    if not 0 < float(s.strength) <= 1:
-        raise ConfigError(f"sample.strength must be in (0, 1] (1 = from pure noise; 0.6 = SDEdit from the source image "
-                          f"noised over the last 60 % of the chain), got {s.strength}")
-    if float(s.strength) < 1 and round(float(s.strength) * int(s.ddim_steps)) < 1:
-        raise ConfigError(f"sample.strength={s.strength} x sample.ddim_steps={s.ddim_steps} leaves no sampling step; "
-                          "raise one of them")
+    start_steps(s.ddim_steps, s.strength)
     if float(s.strength) < 1 and tuple(s.masks) != ("source",):
         raise ConfigError(f"sample.strength={s.strength} starts each chain from the source image of its mask, but "
                           f"sample.masks={list(s.masks)} includes label maps without one; set sample.masks=[source] "

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from mrgen import devices  # noqa: F401
-from mrgen.checks import SOLVERS, validate  # noqa: F401  (SOLVERS: samplers of `sample.solver`)
+from mrgen.checks import SOLVERS, start_steps, validate  # noqa: F401  (SOLVERS: samplers of `sample.solver`)
 from mrgen.errors import ConfigError  # noqa: F401  (the one config error; raised here, in mrgen.checks and mrgen.devices)
 
 

@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from mrgen.config import SOLVERS
+from mrgen.config import SOLVERS, start_steps
 from mrgen.diffusion.schedulers import make_ddim
 
 
@@ -157,14 +157,6 @@ class UniPC(DPMSolverPP2M):
         order = min(2, len(self.m))
         self._last = (x, order)
         return self._predict(x, i, order), m
-
-
-def start_steps(steps: int, strength: float) -> int:
-    """How many of ``steps`` timesteps a chain of ``strength`` runs: ``round(strength * steps)`` (the last ones)."""
-    k = int(round(float(strength) * int(steps)))
-    if not 0 < float(strength) <= 1 or k < 1:
-        raise ValueError(f"strength must be in (0, 1] and leave at least one of the {steps} steps, got {strength}")
-    return k
 
 
 def make_solver(dcfg, steps: int, solver: str = "ddim", strength: float = 1.0):
