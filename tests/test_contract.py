@@ -112,7 +112,7 @@ def test_declared_reads_cover_every_config_read(tmp_path, monkeypatch, mode):
 # keys whose change alters the list of stages itself (tested by the stage-list tests, not here), and
 # sample.shard, which mrgen run refuses unless auto (tests/test_config.py)
 STRUCTURAL = {"controller.mode", "labelgen.enabled", "sample.masks", "morph.apply_to", "curate.manifest", "run.workdir",
-              "sample.shard"}
+              "sample.shard", "rounds.count", "controller.pseudo_labels"}  # the last two: tests/test_pseudo.py, test_pipeline.py
 
 
 def _stub_functions(cfg, calls):
@@ -243,7 +243,9 @@ def test_provided_and_only(stub_run):
 
 def test_keys_added_later_enter_no_stamp_at_their_old_behaviour():
     cfg = C.load_config("tiny")
-    assert contract.ADDED == {"controller.target_mask": "background", "sample.strength": 1.0}
+    assert contract.ADDED == {"controller.target_mask": "background", "sample.strength": 1.0, "rounds.count": 1,
+                              "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False}
+    assert "segment.pseudo_pairs" not in contract.config_of(cfg, "segment")
     assert "controller.target_mask" not in contract.config_of(cfg, "controller")  # a controller trained before
     assert "sample.strength" not in contract.config_of(cfg, "synthesize")  # the key existed is still current
     new = _replace(cfg, "controller.target_mask", "unknown")

@@ -74,3 +74,38 @@ def test_engine_set_with_source_pairs_reruns_the_segment_stage_and_records_its_m
     n_source = int(after["sets"]["source_only"].split()[0])
     assert after["engine_set"]["pairs"] == {"synthetic": kept, "source": n_source, "source_randomised": n_source}
     assert after["sets"]["engine"] == f"{kept + 2 * n_source} pairs"
+
+
+def test_two_engine_rounds_run_the_second_in_its_own_folder(tmp_path):
+    """rounds.count=2: round 1's engine segmenter pseudo-labels the target items; round2/ retrains the controller on
+    them, renders, filters, segments and reports; a rerun is current; a changed rounds setting re-runs round 2 only."""
+    from mrgen import io, pseudo
+
+    wd = tmp_path / "run"
+    args = ["demo", "--preset", "tiny", "-w", str(wd), "rounds.count=2", "rounds.keep_fraction=1", "curate.min_label_pixels=1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    r2 = wd / "round2"
+    assert f"report: {r2 / 'report.md'}" in res.output
+    top = json.loads((wd / "stages.json").read_text())["stages"]
+    assert list(top) == ["phantom", "curate", "autoencoder", "ldm", "controller", "synthesize", "filter", "segment", "rounds"]
+    inner = json.loads((r2 / "stages.json").read_text())["stages"]
+    assert list(inner) == ["curate", "autoencoder", "ldm", "controller", "synthesize", "filter", "segment", "audit",
+                           "export", "evaluate"]
+    labels = pseudo.read(wd / "pseudo" / pseudo.FILE)
+    assert labels and all("/T2/" in i for i in labels)  # target items only
+    assert io.read_json(r2 / "controller" / "model.json")["pseudo_items"] == len(labels)
+    assert (r2 / "ldm").is_symlink() and (r2 / "segment" / "source_only").is_symlink()
+    summary = json.loads((r2 / "eval" / "summary.json").read_text())
+    assert set(summary) == {"engine", "source_only", "oracle"} and not (wd / "eval").exists()
+    again = CliRunner().invoke(app, ["run", "--preset", "tiny", "-w", str(wd), *args[5:]])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("is current") == 9 and "report:" in again.output
+    before = (r2 / "stages.json").read_text()
+    changed = CliRunner().invoke(app, ["run", "--preset", "tiny", "-w", str(wd), *args[5:6], "rounds.keep_fraction=0.5",
+                                       "curate.min_label_pixels=1"])
+    assert changed.exit_code == 0, changed.output
+    assert changed.output.count("is current") == 8  # round 1's stages; the rounds stage re-ran
+    after = json.loads((r2 / "stages.json").read_text())["stages"]
+    assert after["controller"] != json.loads(before)["stages"]["controller"]  # fewer pseudo-labels: new controller
+    assert len(pseudo.read(wd / "pseudo" / pseudo.FILE)) == -(-len(labels) // 2)

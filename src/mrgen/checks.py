@@ -39,6 +39,13 @@ def validate(cfg) -> None:
     if cfg.controller.target_mask == "unknown" and cfg.controller.mask_encoding != "onehot":
         raise ConfigError("controller.target_mask=unknown encodes unannotated pixels as no class at all, which the merged "
                           "encoding cannot express (its 0 is background); set controller.mask_encoding=onehot")
+    if cfg.rounds.count < 1:
+        raise ConfigError(f"rounds.count must be >= 1 (1 = one engine round, as MRGen; 2 = a second round on pseudo-labels), got {cfg.rounds.count}")
+    if not 0 < float(cfg.rounds.keep_fraction) <= 1:
+        raise ConfigError(f"rounds.keep_fraction must be in (0, 1] (the share of pseudo-labelled target items kept), got {cfg.rounds.keep_fraction}")
+    if cfg.rounds.count > 1 and cfg.controller.mode != "controlnet":
+        raise ConfigError("rounds.count > 1 re-trains the mask controller on pseudo-labelled target items, which "
+                          "controller.mode=concat does not support yet; set controller.mode=controlnet or rounds.count=1")
     if cfg.controller.mode not in ("controlnet", "concat"):
         raise ConfigError(f"controller.mode must be 'controlnet' (mask controller on the LDM) or 'concat' (Med-DDPM), got '{cfg.controller.mode}'")
     if cfg.controller.mode == "concat" and cfg.controller.conditioning_scale != 1.0:

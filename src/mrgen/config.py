@@ -127,7 +127,20 @@ class ControllerCfg:
     # background; its context region is unknown too, only the background around it is known; docs/render.md)
     target_mask: str = "background"
     conditioning_scale: float = 1.0  # rendering: ControlNet residuals x this (trained at 1); controlnet mode only
+    # a later engine round: a pseudo-label file (mrgen.pseudo) whose target items train the controller as target pairs
+    # (with their labels and organ prompts) instead of as unannotated items; its content, not its path, is an input
+    pseudo_labels: str = ""
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=2000, lr=2e-4, batch_size=32))
+
+
+@dataclass
+class RoundsCfg:
+    """Engine rounds (issue 14; ``docs/render.md``): round k+1's controller trains on the target items that round
+    k's segmenter labels most confidently (:mod:`mrgen.pseudo`), then renders again. 1 = MRGen (one round)."""
+
+    count: int = 1
+    keep_fraction: float = 0.5  # of the target items with predicted anatomy, the most confident this share
+    min_confidence: float = 0.0  # ... whose mean max-softmax over the predicted anatomy is at least this
 
 
 @dataclass
@@ -228,6 +241,9 @@ class SegmentCfg:
     # source+aug = plus `source_copies` intensity-randomised copies of each of those (mrgen.randomise)
     engine_set: str = "synthetic"
     source_copies: int = 4
+    # a later engine round (controller.pseudo_labels set): the engine set also gets the pseudo-labelled real target
+    # items themselves (self-training), beside the renders of the controller they trained
+    pseudo_pairs: bool = False
     train: TrainCfg = field(default_factory=lambda: TrainCfg(steps=1500, lr=2e-3, batch_size=16))
 
 
@@ -295,6 +311,7 @@ class Config:
     autoencoder: AutoencoderCfg = field(default_factory=AutoencoderCfg)
     ldm: LdmCfg = field(default_factory=LdmCfg)
     controller: ControllerCfg = field(default_factory=ControllerCfg)
+    rounds: RoundsCfg = field(default_factory=RoundsCfg)
     labelgen: LabelGenCfg = field(default_factory=LabelGenCfg)
     sample: SampleCfg = field(default_factory=SampleCfg)
     filter: FilterCfg = field(default_factory=FilterCfg)

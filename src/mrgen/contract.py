@@ -39,7 +39,7 @@ TEST = ("run.target_modality", "run.target_datasets", "run.test_subjects")
 # Keys that change no output of any stage (fnmatch patterns over dotted keys).
 # export.overwrite permits replacing a dataset; segment.backend / nnunet_trainer choose what `mrgen segment train`
 # runs, never what `mrgen run`'s segment stage (the built-in segmenters) writes.
-NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "curate.workers", "sample.shard", "export.overwrite",
+NO_EFFECT = ("preset", "run.workdir", "run.device", "curate.manifest", "controller.pseudo_labels", "curate.workers", "sample.shard", "export.overwrite",
              "segment.backend", "segment.nnunet_trainer", "*.train.ckpt_every",
              "*.train.preview_every", "*.train.log_every", "*.train.num_workers", "labelgen.*_train.ckpt_every",
              "labelgen.*_train.preview_every", "labelgen.*_train.log_every", "labelgen.*_train.num_workers")
@@ -48,7 +48,8 @@ RESUMABLE = ("*.train.steps", "labelgen.*_train.steps")
 LAYOUT = ("data.spatial_dims", "data.image_size", "data.depth")  # the item shape every model is built for
 # Keys added after run folders existed, with the value that does what the code did before them: at that value a key
 # enters no stamp, so a run folder made before it re-runs nothing (and a checkpoint still resumes); any other value does.
-ADDED = {"controller.target_mask": "background", "sample.strength": 1.0}
+ADDED = {"controller.target_mask": "background", "sample.strength": 1.0,
+         "rounds.count": 1, "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False}
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
         out += [
             Stage("autoencoder", ("autoencoder",) + LAYOUT, ("curate",), "autoencoder/model.safetensors", "autoencoder"),
             Stage("ldm", ("ldm", "text", "diffusion") + LAYOUT + ROLES, ("autoencoder",), "ldm/model.safetensors", "ldm"),
+            # a later round's pseudo-labels: the file's content (not its path) is an input, as a manifest's
             Stage("controller", _controller_reads() + LAYOUT + ROLES, ("ldm",), "controller/model.safetensors",
-                  "controller"),
+                  "controller", extra=("pseudo",) if cfg.controller.pseudo_labels else ()),
         ]
     else:
         pixel = ("ldm.num_res_blocks", "ldm.num_head_channels", "ldm.norm_num_groups", "ldm.prompt_dropout")
@@ -106,7 +108,30 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
               "nnunet/export.json", "nnunet"),
         Stage("evaluate", ("evaluate",) + LAYOUT + ROLES + TEST, ("segment",), "eval/summary.json", "eval"),
     ]
+    if cfg.rounds.count > 1:  # later engine rounds (mrgen.rounds): audit, export and evaluate run in the last one
+        inner = [s for s in stages(_one_round(cfg)) if s.name in ROUND_STAGES + FINAL_STAGES]
+        out = out if every else [s for s in out if s.name not in FINAL_STAGES]
+        out.append(_rounds_stage(cfg, inner))
     return out
+
+
+# what round k >= 2 runs in its own folder (mrgen.rounds), and what the last round runs after it
+ROUND_STAGES = ("controller", "synthesize", "filter", "segment")
+FINAL_STAGES = ("audit", "export", "evaluate")
+
+
+def _one_round(cfg: C.Config) -> C.Config:
+    return C._merge(cfg, {"rounds": {"count": 1}})
+
+
+def _rounds_stage(cfg: C.Config, inner: list) -> Stage:
+    """Rounds 2..``rounds.count``: each pseudo-labels the target items with the previous round's engine segmenter
+    and runs :data:`ROUND_STAGES` in its own folder through the driver (:func:`mrgen.pipeline.run_rounds`), the
+    last one :data:`FINAL_STAGES` too. It reads what those stages read; each round's folder keeps its own stamps."""
+    reads = tuple(dict.fromkeys(["rounds", "curate.min_label_pixels", "controller.target_context",
+                                 *[k for s in inner for k in s.reads]]))
+    last = f"round{cfg.rounds.count}"
+    return Stage("rounds", reads, ("segment",), f"{last}/eval/summary.json")
 
 
 def _controller_reads() -> tuple:
@@ -177,6 +202,18 @@ def manifest_hash(cfg: C.Config) -> str:
     return io.file_hash(path)
 
 
+def _extra_hash(cfg: C.Config, name: str) -> str:
+    if name == "manifest":
+        return manifest_hash(cfg)
+    if name == "pseudo":
+        path = Path(cfg.controller.pseudo_labels)
+        if not path.is_file():
+            raise FileNotFoundError(f"controller.pseudo_labels {path} does not exist; it is written by an earlier engine "
+                                    f"round (mrgen.pseudo)")
+        return io.file_hash(path)
+    return name
+
+
 def stamps(cfg: C.Config) -> dict:
     """``{stage: (stamp, identity)}`` for every stage of ``cfg``.
 
@@ -189,7 +226,7 @@ def stamps(cfg: C.Config) -> dict:
     values = leaves(cfg)
     for s in stages(cfg):
         up = [out[a][0] for a in s.after if a in out]
-        extra = [manifest_hash(cfg) if e == "manifest" else e for e in s.extra]
+        extra = [_extra_hash(cfg, e) for e in s.extra]
         ident = _hash([stamped(declared(cfg, s.reads, RESUMABLE, values)), extra, up])
         out[s.name] = (_hash([stamped(declared(cfg, s.reads, (), values)), extra, up]), ident)
     return out

@@ -113,18 +113,42 @@ def real_pairs(cfg: Config, rows: list[dict], keep_context: bool = False) -> tup
     return images, masks
 
 
+def pseudo_pairs(cfg: Config) -> tuple[list, list]:
+    """The target items that ``controller.pseudo_labels`` labels (a later engine round, :mod:`mrgen.pseudo`) as
+    segmenter pairs: the curated image and its pseudo-label, context labels -> background; ``([], [])`` without one."""
+    from mrgen.curate.dataset import item_shape, load_row
+    from mrgen.curate.index import Index
+    from mrgen.curate.labels import context_values, strip_context
+    from mrgen.pseudo import read
+
+    if not cfg.controller.pseudo_labels:
+        return [], []
+    given = read(cfg.controller.pseudo_labels)
+    root = cfg.workdir / "curated"
+    rows = {r["id"]: r for r in Index(root / "index.parquet").query(modality=cfg.run.target_modality) if r["id"] in given}
+    missing = sorted(set(given) - set(rows))
+    if missing:
+        raise ValueError(f"{cfg.controller.pseudo_labels} labels {len(missing)} item(s) not in {root} (e.g. {missing[0]}); "
+                         f"it belongs to another run: rerun the round that writes it")
+    drop = context_values(root)
+    images = [load_row(root, rows[i], item_shape(cfg), mask=False)[0] for i in sorted(given)]
+    return images, [np.asarray(strip_context(given[i], drop), np.int64) for i in sorted(given)]
+
+
 def engine_set(cfg: Config, synthetic: tuple[list, list], source: tuple[list, list],
-               rng: np.random.Generator) -> tuple[tuple[list, list], dict]:
+               rng: np.random.Generator, pseudo: tuple[list, list] = ([], [])) -> tuple[tuple[list, list], dict]:
     """The engine segmenter's training set (``segment.engine_set``) and its make-up ``{kind: pairs}``.
 
     ``synthetic``: the engine's pairs (the filter's kept ones); ``source``: the run's real annotated
     source-modality pairs. ``synthetic`` returns the synthetic pairs alone; ``source`` adds the source pairs;
     ``source+aug`` also adds ``segment.source_copies`` intensity-randomised copies of each source pair
     (:func:`mrgen.randomise.augment_intensity`, the ``intensity_aug`` baseline's draws, from ``rng``).
+    ``pseudo`` (:func:`pseudo_pairs`, with ``segment.pseudo_pairs``): pseudo-labelled real target pairs, added after
+    the synthetic ones whatever the kind.
     The one place that composes it: ``mrgen run``'s segment stage and ``mrgen bench``'s mrgen methods call it."""
     kind = cfg.segment.engine_set
-    images, masks = list(synthetic[0]), list(synthetic[1])
-    made = {"synthetic": len(images)}
+    images, masks = list(synthetic[0]) + list(pseudo[0]), list(synthetic[1]) + list(pseudo[1])
+    made = {"synthetic": len(synthetic[0]), **({"pseudo": len(pseudo[0])} if pseudo[0] else {})}
     if kind == "synthetic":
         return (images, masks), made
     images += list(source[0])

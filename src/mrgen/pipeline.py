@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from mrgen import config as C
-from mrgen import contract, devices, dist, io, lock
+from mrgen import contract, devices, dist, io, lock, rounds
 
 STAGES_FILE = "stages.json"
 SCHEMA = 2
@@ -39,7 +39,8 @@ def _functions() -> dict[str, Callable]:
 
     return {"phantom": phantom.run, "curate": curate.run, "autoencoder": autoencoder.run, "ldm": ldm.run,
             "controller": controller.run, "labelgen": labelgen.run, "morph": morph_masks.morph_run_masks, "synthesize": synthesize.run,
-            "filter": filter_stage.run, "audit": audit.run, "export": export.run, "segment": train_sets, "evaluate": evaluate.evaluate_run}
+            "filter": filter_stage.run, "audit": audit.run, "export": export.run, "segment": train_sets, "evaluate": evaluate.evaluate_run,
+            "rounds": run_rounds}
 
 
 def read_stages(workdir) -> dict:
@@ -136,9 +137,34 @@ def _run(cfg, only, provided, meter, log, say, console, procs) -> dict:
         procs.on_main(lambda: _write_stages(wd, done))
     procs.on_main(lambda: _write_stages(wd, done))
     out = {"ran": ran, "skipped": skipped}
-    summary_file = wd / "eval" / "summary.json"
-    if (only is None or "evaluate" in only) and summary_file.exists():
-        out.update(report=str(wd / "report.md"), result=one_line(io.read_json(summary_file)))
+    last = rounds.folder(wd, cfg.rounds.count)  # the report of the last engine round (mrgen.rounds)
+    summary_file = last / "eval" / "summary.json"
+    if (only is None or {"evaluate", "rounds"} & set(only)) and summary_file.exists():
+        out.update(report=str(last / "report.md"), result=one_line(io.read_json(summary_file)))
+    return out
+
+
+def run_rounds(cfg: C.Config) -> dict:
+    """Stage ``rounds`` (``rounds.count`` >= 2; :mod:`mrgen.rounds`): for k = 2..count, round k-1's engine segmenter
+    (``segment/engine``) pseudo-labels the target items (:func:`mrgen.pseudo.label_targets`, into round k-1's
+    ``pseudo/``), then round k's folder runs the controller, synthesis, filter and segmenters through this driver
+    (round 1's curated data, autoencoder, LDM and baseline segmenters linked), the last round the audit, export
+    and evaluation too. Returns what each round labelled and ran."""
+    from mrgen import pseudo
+
+    procs = dist.processes(devices.of(cfg))
+    out = {}
+    for k in range(2, cfg.rounds.count + 1):
+        prev = rounds.config(cfg, k - 1)
+        record = procs.on_main(lambda: pseudo.label_targets(prev, prev.workdir / "segment" / "engine",
+                                                            rounds.pseudo_folder(cfg.workdir, k)))
+        baselines = tuple(f"segment/{n}" for n in ("source_only", "oracle") if n in cfg.run.baselines)
+        procs.on_main(lambda: rounds.prepare(cfg, k, also=baselines) and None)  # the folder and its links
+        sub = rounds.config(cfg, k)
+        steps = contract.ROUND_STAGES + (contract.FINAL_STAGES if k == cfg.rounds.count else ())
+        res = run(sub, only=steps, provided=("curate", "autoencoder", "ldm"))
+        out[f"round{k}"] = {"pseudo-labelled": f"{record['kept']} of {record['target_items']} target items"
+                            if record else None, "ran": sorted(res["ran"]), "result": res.get("result", "")}
     return out
 
 

@@ -161,7 +161,7 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     (tmp_path / "engine").mkdir()
     (tmp_path / "engine" / "compute.json").write_text('{"synthesize": {"cpu_s": 5.0}, "filter": null}')
     monkeypatch.setattr(E, "prepare", starve)
-    monkeypatch.setattr(E, "variant_config", lambda ctx, variant: cfg)
+    monkeypatch.setattr(E, "variant_config", lambda ctx, variant, round_=1: cfg)
     picked = {}
 
     def fake_random(workdir, keep, rng):

@@ -80,13 +80,16 @@ def load_item(cfg: Config, row: dict, with_mask: bool = False, context: frozense
 
 
 class Items:
-    """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``.
+    """``rows`` as tensors: ``images(idx)`` float32 ``(k, 1, *shape)``, ``masks(idx)`` long ``(k, *shape)``
+    (``given``: label maps by row id that replace those rows' own masks, e.g. a later round's pseudo-labels).
 
     Images and masks are loaded separately, on their first use: a caller that only needs masks
     (the controller once the latents are cached) never reads the images."""
 
-    def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False, context: frozenset = frozenset()):
+    def __init__(self, cfg: Config, rows: list[dict], with_mask: bool = False, context: frozenset = frozenset(),
+                 given: dict | None = None):
         self.cfg, self.rows, self.with_mask, self.context = cfg, list(rows), with_mask, frozenset(context)
+        self.given = dict(given or {})  # row id -> a label map at the item shape that replaces the row's own mask
         self.preload = len(self.rows) * int(np.prod(item_shape(cfg))) * 3 <= PRELOAD_BYTES
         self._img = self._mask = None
 
@@ -97,6 +100,9 @@ class Items:
         return torch.from_numpy(load_item(self.cfg, self.rows[i])[0])
 
     def _mask_of(self, i: int) -> torch.Tensor:
+        given = self.given.get(self.rows[i]["id"])
+        if given is not None:
+            return torch.as_tensor(np.asarray(given, np.int64))
         return torch.from_numpy(load_item(self.cfg, self.rows[i], True, self.context, with_image=False)[1])
 
     def images(self, idx) -> torch.Tensor:

@@ -114,7 +114,10 @@ def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict
     from mrgen import contract
 
     run_sec = contract.declared(cfg, ("run",))  # run.workdir, run.device: no effect on any result
-    train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, C.to_dict(cfg.segment), C.to_dict(cfg.data),
+    # segment keys added later (contract.ADDED) at their old-behaviour value leave the stamp as it was
+    added = contract.ADDED
+    segment = {k: v for k, v in C.to_dict(cfg.segment).items() if added.get(f"segment.{k}", object()) != v}
+    train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, segment, C.to_dict(cfg.data),
                     run_sec, int(spec.tree.get("seed", 0)), spec.manifest)
     return train, S.stamp(train, spec.groups, labels, spec.tree.get("examples", 4), E_VERSION)
 

@@ -17,6 +17,11 @@ folds/<k>/engine`` sees the same stages as current and a rerun resumes.
   and trains its own controller with ``controller.target_fraction=0`` (no unannotated target
   images), then synthesizes and filters.
 
+With ``rounds.count`` >= 2 in the ``engine`` section, ``mrgen`` and ``mrgen_synthetic`` use the last round
+(:func:`next_round`, :mod:`mrgen.rounds`): the benchmark's segmenter trained on round k-1's pairs (composed as the
+``mrgen`` method composes them) pseudo-labels the fold's unannotated target items, and ``engine/round<k>/``
+retrains the controller on the confident ones and renders again. ``mrgen_nofilter`` stays with round 1.
+
 When a fold gives ``engine_source`` (the in-domain CHAOS benchmark), the generative stages
 train on those subjects' pairs (``run.source_subjects``) and ``synthesize``/``filter`` render the
 fold's ``source`` masks (``sample.subjects``; held out from the engine's training).
@@ -28,11 +33,10 @@ of the stages it uses (shared stages count for every variant that uses them).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from mrgen import config as C
-from mrgen import io
+from mrgen import io, rounds
 from mrgen.bench.context import Ctx
 from mrgen.bench.spec import engine_config
 from mrgen.compute import Meter
@@ -41,18 +45,6 @@ GENERATIVE = ("autoencoder", "ldm", "controller")
 SAMPLING = ("synthesize", "filter")
 STAGES = GENERATIVE + SAMPLING
 COMPUTE = "compute.json"  # per engine folder: the compute record of every stage that ran (drive writes, recorded reads)
-
-
-def _link(src: Path, dst: Path) -> None:
-    if dst.is_symlink() or dst.exists():
-        if dst.is_symlink() and Path(os.path.realpath(dst)) == Path(os.path.realpath(src)):
-            return
-        if dst.is_symlink():
-            dst.unlink()
-        else:
-            raise FileExistsError(f"{dst} exists and is not a link to {src}; remove it to rerun")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(src, dst.parent), dst)
 
 
 def drive(cfg: C.Config, names: tuple, provided: tuple, log=print) -> dict:
@@ -87,8 +79,11 @@ def recorded(wd, names: tuple) -> dict:
     return {n: comp.get(n) or None for n in names}
 
 
-def variant_config(ctx: Ctx, variant: str) -> C.Config:
-    """The engine config of ``variant`` for the fold: ``folds/<k>/engine`` (``engine_notarget`` for mrgen_notarget)."""
+def variant_config(ctx: Ctx, variant: str, round_: int = 1) -> C.Config:
+    """The engine config of ``variant`` for the fold: ``folds/<k>/engine`` (``engine_notarget`` for mrgen_notarget;
+    round k >= 2 in ``engine/round<k>``, :func:`mrgen.rounds.config`)."""
+    if round_ > 1:
+        return rounds.config(variant_config(ctx, variant), round_)
     fold = ctx.fold
     folder = "engine_notarget" if variant == "mrgen_notarget" else "engine"
     wd = ctx.cfg.workdir / "folds" / str(fold.index) / folder
@@ -104,24 +99,84 @@ def prepare(ctx: Ctx, variant: str) -> C.Config:
     cfg = variant_config(ctx, "mrgen")
     wd = cfg.workdir
     wd.mkdir(parents=True, exist_ok=True)
-    _link(ctx.root, wd / "curated")
+    rounds.link(ctx.root, wd / "curated")
     stages = {"mrgen_nofilter": GENERATIVE + ("synthesize",), "mrgen_notarget": GENERATIVE[:2]}.get(variant, STAGES)
     comp = drive(cfg, stages, (), log=ctx.log)
     ctx.compute.update({f"engine.{k}": v for k, v in comp.items()})
+    if variant in ("mrgen", "mrgen_synthetic"):
+        for k in range(2, cfg.rounds.count + 1):
+            cfg = next_round(ctx, variant, cfg, k)
+        return cfg
     if variant != "mrgen_notarget":
         return cfg
     own_cfg = variant_config(ctx, variant)
     nwd = own_cfg.workdir
     nwd.mkdir(parents=True, exist_ok=True)
     for name in ("curated", "autoencoder", "ldm"):
-        _link(wd / name, nwd / name)
+        rounds.link(wd / name, nwd / name)
     own = drive(own_cfg, ("controller",) + SAMPLING, ("autoencoder", "ldm"), log=ctx.log)
     ctx.compute.update({f"engine_notarget.{k}": v for k, v in own.items()})
     return own_cfg
 
 
+def next_round(ctx: Ctx, variant: str, prev: C.Config, k: int) -> C.Config:
+    """Round ``k`` of the engine (``rounds.count`` >= k): the benchmark's segmenter trained on round k-1's pairs
+    (as the ``mrgen`` method composes them) labels the fold's unannotated target items (:mod:`mrgen.pseudo`, in
+    ``<round k-1>/pseudo/``, with that segmenter); ``engine/round<k>/`` shares the autoencoder and LDM (links) and
+    trains its controller on the confident ones, then synthesizes and filters (:mod:`mrgen.rounds`). Returns round k's
+    config."""
+    from mrgen.curate.labels import n_classes
+    from mrgen.pseudo import label_targets
+    from mrgen.segment import train_segmenter
+
+    first = variant_config(ctx, variant)
+    folder = rounds.pseudo_folder(first.workdir, k)
+    images, masks = _compose(ctx, kept_pairs(ctx, prev), prev)
+    with Meter() as m:
+        train_segmenter(images, masks, n_classes(ctx.root), ctx.cfg, folder / "segmenter", f"round{k - 1}")
+        record = label_targets(prev, folder / "segmenter", folder)
+    ctx.compute[f"engine_r{k}.pseudo"] = {**m.result(), "ran_now": True}  # the round-(k-1) segmenter and its labels
+    ctx.log(f"round {k}: {record['kept']} of {record['target_items']} target items pseudo-labelled "
+            f"(score >= {record['score_threshold']:.3f})")
+    cfg = rounds.prepare(first, k)
+    from mrgen.filter import FilterStarved
+
+    try:
+        own = drive(cfg, ("controller",) + SAMPLING, ("autoencoder", "ldm"), log=ctx.log)
+    except FilterStarved as exc:  # engine_pairs falls back to this round's unfiltered candidates
+        exc.round = k
+        raise
+    ctx.compute.update({f"engine_r{k}.{n}": v for n, v in own.items()})
+    ctx.compute[f"round{k}_pseudo"] = {x: record[x] for x in ("target_items", "candidates", "kept", "score_threshold")}
+    return cfg
+
+
+def kept_pairs(ctx: Ctx, cfg: C.Config) -> tuple[list, list]:
+    """The filter's kept pairs of the engine folder of ``cfg``; refused when there are none."""
+    from mrgen.pairs import kept_arrays
+
+    images, masks = kept_arrays(cfg.workdir)
+    if not images:
+        raise ValueError(f"the engine kept no synthetic pairs (see {cfg.workdir}/filter); relax filter.* thresholds")
+    return images, masks
+
+
+def _compose(ctx: Ctx, synthetic: tuple[list, list], engine: C.Config) -> tuple[list, list]:
+    """The ``mrgen`` method's training set from the pairs of the engine round ``engine`` (``config.segment.engine_set``;
+    with ``config.segment.pseudo_pairs`` also the target items that round's controller trained on as pseudo-labelled)."""
+    from mrgen.pairs import engine_set, pseudo_pairs
+
+    pseudo = pseudo_pairs(engine) if ctx.cfg.segment.pseudo_pairs else ([], [])
+    if ctx.cfg.segment.engine_set == "synthetic" and not pseudo[0]:
+        return synthetic
+    source = ctx.source_pairs() if ctx.cfg.segment.engine_set != "synthetic" else ([], [])
+    (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo)
+    ctx.compute["training_set"] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
+    return images, masks
+
+
 def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
-    from mrgen.pairs import engine_set, kept_arrays, random_candidates
+    from mrgen.pairs import random_candidates
 
     bad = set(ctx.params) - {"budget_cpu_min"}
     if bad:
@@ -132,19 +187,17 @@ def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
         cfg = prepare(ctx, variant)
         starved = None
     except FilterStarved as exc:  # explicit fallback, in the report's notes: never a handful of pairs unsaid
-        cfg, starved = variant_config(ctx, variant), str(exc)
+        cfg, starved = variant_config(ctx, variant, getattr(exc, "round", 1)), str(exc)
         ctx.compute.update({f"engine.{k}": v for k, v in recorded(cfg.workdir, STAGES).items() if v})
         ctx.compute["filter_fallback"] = ("FILTER STARVED, trained on unfiltered candidates (as mrgen_nofilter): "
                                           + starved.split("; training")[0])
         ctx.log(f"[bold red]{variant}: the filter starved; falling back to unfiltered candidates[/]: {starved}")
     if variant == "mrgen_nofilter" or starved:
         images, masks = random_candidates(cfg.workdir, cfg.filter.keep, ctx.rng("mrgen_nofilter"))
+        if not images:
+            raise ValueError(f"{variant}: the engine rendered no candidates (see {cfg.workdir}/synth)")
     else:
-        images, masks = kept_arrays(cfg.workdir)
-    if not images:
-        raise ValueError(f"{variant}: the engine kept no synthetic pairs (see {cfg.workdir}/filter); relax filter.* thresholds")
-    if variant == "mrgen_synthetic" or ctx.cfg.segment.engine_set == "synthetic":
+        images, masks = kept_pairs(ctx, cfg)
+    if variant == "mrgen_synthetic":
         return images, masks
-    (images, masks), made = engine_set(ctx.cfg, (images, masks), ctx.source_pairs(), ctx.rng("engine_set"))
-    ctx.compute["training_set"] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
-    return images, masks
+    return _compose(ctx, (images, masks), cfg)

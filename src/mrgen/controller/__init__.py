@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mrgen import devices
+from mrgen import devices, io
 from mrgen.autoencoder.data import data_hash
 from mrgen.config import Config
 from mrgen.contract import config_of
@@ -85,7 +85,9 @@ def run(cfg: Config) -> dict:
         render = ControlledUNet(unet, ctrl, cfg.controller.conditioning_scale)
         save_preview(path, cfg, mix, LatentRenderer(cfg, ae, render, text, scale, labels, {}))
 
-    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(src + tgt, cfg, ldm_meta.get("sha256", "")),
+    pseudo = io.file_hash(cfg.controller.pseudo_labels) if cfg.controller.pseudo_labels else ""
+    meta = {"config": config_of(cfg, STAGE), "data_hash": data_hash(src + tgt, cfg, ldm_meta.get("sha256", ""), *([pseudo] if pseudo else [])),
+            "pseudo_items": mix.pseudo, "pseudo_sha256": pseudo,
             "mode": "controlnet", "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "scale_factor": scale,
             "ldm_sha256": ldm_meta.get("sha256", ""), "autoencoder_sha256": ae_meta.get("sha256", ""),
             "source_items": len(src), "target_items": len(tgt), "target_fraction": frac}

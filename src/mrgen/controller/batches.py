@@ -9,7 +9,7 @@ prompts dropped to the empty prompt with probability ``ldm.prompt_dropout``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,15 +33,21 @@ class Side:
 class Mix:
     """The two roles of the controller stage (rows sorted by id) and their items."""
 
-    src: list[dict]  # annotated source-modality train rows
+    src: list[dict]  # annotated source-modality train rows (then a later round's pseudo-labelled target rows)
     tgt: list[dict]  # target-modality train rows, used without their segmentation labels
     src_items: Items  # with masks
     tgt_items: Items  # all-zero or context-only masks
     labels: int  # number of segmentation labels (mask values 1..labels)
+    prompts: dict = field(default_factory=dict)  # row id -> prompt replacing the row's own (pseudo-labelled rows)
 
     @property
     def src_prompts(self) -> list[str]:
-        return [r["prompt"] for r in self.src]
+        return [self.prompts.get(r["id"], r["prompt"]) for r in self.src]
+
+    @property
+    def pseudo(self) -> int:
+        """How many target rows carry pseudo-labels (``controller.pseudo_labels``)."""
+        return len(self.prompts)
 
     @property
     def tgt_prompts(self) -> list[str]:
@@ -54,13 +60,43 @@ class Mix:
 
 
 def load_mix(cfg: Config) -> Mix:
-    """Source and target rows of :func:`mrgen.roles.assign`; reads no image or mask yet."""
+    """Source and target rows of :func:`mrgen.roles.assign`; reads no image or mask yet.
+
+    With ``controller.pseudo_labels`` (a later engine round, :mod:`mrgen.pseudo`) the target rows it labels join
+    the annotated side after the source rows: their masks are the pseudo-labels, their prompts name the organs those
+    hold (with the target modality); the other target rows stay unannotated."""
     from mrgen.roles import assign
 
     roles = assign(open_index(cfg), cfg)
     src = sorted(roles.source, key=lambda r: r["id"])
     tgt = sorted(roles.target, key=lambda r: r["id"])
-    return Mix(src, tgt, Items(cfg, src, with_mask=True), target_items(cfg, tgt), n_labels(cfg))
+    given, prompts = _pseudo(cfg, tgt)
+    labelled = [r for r in tgt if r["id"] in given]
+    tgt = [r for r in tgt if r["id"] not in given]
+    src_items = Items(cfg, src + labelled, with_mask=True, given=given)
+    return Mix(src + labelled, tgt, src_items, target_items(cfg, tgt), n_labels(cfg), prompts)
+
+
+def _pseudo(cfg: Config, target_rows: list[dict]) -> tuple[dict, dict]:
+    """``({row id: pseudo-label map}, {row id: prompt})`` of ``controller.pseudo_labels`` (empty without one)."""
+    if not cfg.controller.pseudo_labels:
+        return {}, {}
+    from mrgen.autoencoder.data import curated_root
+    from mrgen.labelmaps import label_names, organs_in
+    from mrgen.prompts import build_prompt
+    from mrgen.pseudo import read
+
+    given = read(cfg.controller.pseudo_labels)
+    rows = {r["id"]: r for r in target_rows}
+    stray = sorted(set(given) - set(rows))
+    if stray:
+        raise ValueError(f"controller.pseudo_labels {cfg.controller.pseudo_labels} labels {len(stray)} item(s) that are "
+                         f"not target items of this run (e.g. {stray[0]}); it belongs to another run or fold: rerun the "
+                         f"round that writes it")
+    names = label_names(curated_root(cfg))
+    prompts = {i: build_prompt(rows[i]["modality"], rows[i].get("region") or None,
+                               organs_in(m, names, cfg.curate.min_label_pixels)) for i, m in given.items()}
+    return given, prompts
 
 
 def _first(*fields: torch.Tensor) -> torch.Tensor:

@@ -31,14 +31,15 @@ def training_sets(cfg: Config) -> tuple[dict, dict]:
     import numpy as np
 
     from mrgen.curate.index import Index
-    from mrgen.pairs import engine_set, kept_arrays, real_pairs
+    from mrgen.pairs import engine_set, kept_arrays, pseudo_pairs, real_pairs
     from mrgen.roles import assign
 
     roles = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg)
     need_source = cfg.segment.engine_set != "synthetic" or "source_only" in cfg.run.baselines
     source = real_pairs(cfg, roles.source) if need_source else ([], [])
     synthetic = kept_arrays(cfg.workdir)
-    engine, made = engine_set(cfg, synthetic, source, np.random.default_rng(engine_seed(cfg)))
+    pseudo = pseudo_pairs(cfg) if cfg.segment.pseudo_pairs else ([], [])
+    engine, made = engine_set(cfg, synthetic, source, np.random.default_rng(engine_seed(cfg)), pseudo)
     sets = {"engine": engine}
     if "source_only" in cfg.run.baselines:
         sets["source_only"] = source
