@@ -118,6 +118,7 @@ def test_label_targets_keeps_the_confident_items_with_their_predicted_labels(tin
     """The segmenter is replaced by a fixed rule per item, so which items are kept is known beforehand."""
     import mrgen.segment as S
     from mrgen.nets import store
+    from mrgen.segment.pseudolabel import label_targets
 
     cfg = tiny_config(tiny_index, "rounds.keep_fraction=0.5", "curate.min_label_pixels=4")
     rows = _t2_slices(cfg)
@@ -148,7 +149,7 @@ def test_label_targets_keeps_the_confident_items_with_their_predicted_labels(tin
     monkeypatch.setattr(S, "predict_proba", fake_proba)
     monkeypatch.setattr("mrgen.autoencoder.data.load_item", load_item)
     monkeypatch.setattr(store, "read_meta", lambda folder: {"sha256": "abc"})
-    rec = pseudo.label_targets(cfg, tiny_index / "seg", tiny_index / "pseudo")
+    rec = label_targets(cfg, tiny_index / "seg", tiny_index / "pseudo")
     n = len(rows)
     cands = n - 2
     assert rec["target_items"] == n and rec["candidates"] == cands and rec["kept"] == -(-cands // 2)
@@ -162,7 +163,7 @@ def test_label_targets_keeps_the_confident_items_with_their_predicted_labels(tin
     assert rec["label_pixels"] == {1: 6 * rec["kept"]}
     assert (tiny_index / "pseudo" / "preview.png").stat().st_size > 2000
     with pytest.raises(ValueError, match="none of the"):
-        pseudo.label_targets(tiny_config(tiny_index, "rounds.min_confidence=0.99"), tiny_index / "seg", tiny_index / "p2")
+        label_targets(tiny_config(tiny_index, "rounds.min_confidence=0.99"), tiny_index / "seg", tiny_index / "p2")
 
 
 def test_pseudo_pairs_are_the_real_target_images_with_their_pseudo_labels(tiny_index, tiny_config):

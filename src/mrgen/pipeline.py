@@ -146,17 +146,17 @@ def _run(cfg, only, provided, meter, log, say, console, procs) -> dict:
 
 def run_rounds(cfg: C.Config) -> dict:
     """Stage ``rounds`` (``rounds.count`` >= 2; :mod:`mrgen.rounds`): for k = 2..count, round k-1's engine segmenter
-    (``segment/engine``) pseudo-labels the target items (:func:`mrgen.pseudo.label_targets`, into round k-1's
+    (``segment/engine``) pseudo-labels the target items (:func:`mrgen.segment.pseudolabel.label_targets`, into round k-1's
     ``pseudo/``), then round k's folder runs the controller, synthesis, filter and segmenters through this driver
     (round 1's curated data, autoencoder, LDM and baseline segmenters linked), the last round the audit, export
     and evaluation too. Returns what each round labelled and ran."""
-    from mrgen import pseudo
+    from mrgen.segment.pseudolabel import label_targets
 
     procs = dist.processes(devices.of(cfg))
     out = {}
     for k in range(2, cfg.rounds.count + 1):
         prev = rounds.config(cfg, k - 1)
-        record = procs.on_main(lambda: pseudo.label_targets(prev, prev.workdir / "segment" / "engine",
+        record = procs.on_main(lambda: label_targets(prev, prev.workdir / "segment" / "engine",
                                                             rounds.pseudo_folder(cfg.workdir, k)))
         baselines = tuple(f"segment/{n}" for n in ("source_only", "oracle") if n in cfg.run.baselines)
         procs.on_main(lambda: rounds.prepare(cfg, k, also=baselines) and None)  # the folder and its links

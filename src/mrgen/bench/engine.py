@@ -126,7 +126,7 @@ def next_round(ctx: Ctx, variant: str, prev: C.Config, k: int) -> C.Config:
     trains its controller on the confident ones, then synthesizes and filters (:mod:`mrgen.rounds`). Returns round k's
     config."""
     from mrgen.curate.labels import n_classes
-    from mrgen.pseudo import label_targets
+    from mrgen.segment.pseudolabel import label_targets
     from mrgen.segment import train_segmenter
 
     first = variant_config(ctx, variant)
