@@ -11,7 +11,7 @@ from mrgen.bench import run_one
 from mrgen.bench import spec as S
 
 
-def test_a_second_round_trains_its_controller_on_pseudo_labelled_target_items(tiny_fold, monkeypatch):
+def test_a_second_round_trains_its_controller_on_pseudo_labelled_target_items(tiny_fold, monkeypatch, bench_script):
     import mrgen.segment as seg_mod
     from mrgen.curate.index import Index
 
@@ -55,3 +55,6 @@ def test_a_second_round_trains_its_controller_on_pseudo_labelled_target_items(ti
     assert again == result and trained == ["round1", "mrgen"]
     # the pseudo-labels hold the labels the round-1 segmenter predicted (0..2 here), no other value
     assert set(np.unique(np.concatenate([m.ravel() for m in ids.values()]))) <= {0, 1, 2}
+    # the docs' figure of the two rounds draws from these folders
+    out = bench_script("rounds_figure").main([str(r1), str(wd / "rounds.png"), "--masks", "2"])
+    assert out.stat().st_size > 5000
