@@ -172,7 +172,7 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     monkeypatch.setattr(P, "kept_arrays", lambda wd: pytest.fail("read the starved filter's kept set"))
     logs: list = []
     ctx = SimpleNamespace(params={}, compute={}, log=logs.append, rng=lambda name: np.random.default_rng(0),
-                          cfg=SimpleNamespace(segment=SimpleNamespace(engine_set="synthetic")))
+                          cfg=SimpleNamespace(segment=SimpleNamespace(engine_set="synthetic", pseudo_pairs=False)))
     images, masks = E.engine_pairs(ctx, "mrgen")
     assert len(images) == 1 and picked == {"workdir": tmp_path / "engine", "keep": 2}
     # the stages that ran before the filter starved are in the method's compute; the filter is not

@@ -49,6 +49,9 @@ def test_a_second_round_trains_its_controller_on_pseudo_labelled_target_items(ti
     c = result["compute"]
     assert {"engine_r2.pseudo", "engine_r2.controller", "engine_r2.synthesize", "engine_r2.filter"} <= set(c)
     assert result["notes"]["round2_pseudo"]["kept"] == len(ids)
+    # engine_set=synthetic: the method's set is round 2's renders alone, its labeller's round 1's
+    assert result["notes"]["training_set"]["pairs"] == {"synthetic": result["n_pairs"]}
+    assert result["notes"]["round2_labeller_set"]["pairs"] == {"synthetic": len(io.read_json(r1 / "filter" / "kept.json")["kept"])}
     assert result["n_pairs"] == len(io.read_json(r2 / "filter" / "kept.json")["kept"])
     # a rerun is current: nothing trains again
     again = run_one(spec, cfg, index, fold, "mrgen", labels, log=lambda *_: None)

@@ -131,7 +131,7 @@ def next_round(ctx: Ctx, variant: str, prev: C.Config, k: int) -> C.Config:
 
     first = variant_config(ctx, variant)
     folder = rounds.pseudo_folder(first.workdir, k)
-    images, masks = _compose(ctx, kept_pairs(ctx, prev), prev)
+    images, masks = _compose(ctx, kept_pairs(ctx, prev), prev, f"round{k}_labeller_set")
     with Meter() as m:
         train_segmenter(images, masks, n_classes(ctx.root), ctx.cfg, folder / "segmenter", f"round{k - 1}")
         record = label_targets(prev, folder / "segmenter", folder)
@@ -161,17 +161,16 @@ def kept_pairs(ctx: Ctx, cfg: C.Config) -> tuple[list, list]:
     return images, masks
 
 
-def _compose(ctx: Ctx, synthetic: tuple[list, list], engine: C.Config) -> tuple[list, list]:
+def _compose(ctx: Ctx, synthetic: tuple[list, list], engine: C.Config, note: str = "training_set") -> tuple[list, list]:
     """The ``mrgen`` method's training set from the pairs of the engine round ``engine`` (``config.segment.engine_set``;
-    with ``config.segment.pseudo_pairs`` also the target items that round's controller trained on as pseudo-labelled)."""
+    with ``config.segment.pseudo_pairs`` also the target items that round's controller trained on as pseudo-labelled);
+    its make-up goes to the result's notes under ``note``."""
     from mrgen.pairs import engine_set, pseudo_pairs
 
     pseudo = pseudo_pairs(engine) if ctx.cfg.segment.pseudo_pairs else ([], [])
-    if ctx.cfg.segment.engine_set == "synthetic" and not pseudo[0]:
-        return synthetic
     source = ctx.source_pairs() if ctx.cfg.segment.engine_set != "synthetic" else ([], [])
     (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo)
-    ctx.compute["training_set"] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
+    ctx.compute[note] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
     return images, masks
 
 
