@@ -5,7 +5,7 @@ rendered by round 1 and by round 2 (the first candidate of each; the figure in d
 
 ENGINE is round 1's run folder (``folds/<k>/engine`` of a bench run with ``engine.rounds.count=2``); its ``pseudo/``
 and ``round2/`` are read. The masks shown are the ``--masks`` with the most labelled pixels, one per source volume
-where possible; the real images are the most confident pseudo-labelled target items of distinct subjects.
+where possible; the real images are the most confident pseudo-labelled target items, each subject's best first.
 """
 
 from __future__ import annotations
@@ -33,29 +33,33 @@ def _largest_masks(engine: Path, n: int) -> list[Path]:
 
 
 def _caption(f: Path) -> str:
-    """``<dataset>_<subject>_<modality>_z<slice>`` -> ``<subject> z<slice>``."""
-    parts = f.stem.split("_")
-    return f"{parts[1]} {parts[-1]}" if len(parts) >= 3 else f.stem
+    """The mask's source row id ``<dataset>/<subject>/<modality>/z<slice>`` -> ``<subject> z<slice>``."""
+    from mrgen.synthesize import load_candidates
+
+    parts = str(load_candidates(f)["meta"][0]["mask_id"]).split("/")
+    return f"{parts[1][-12:]} {parts[-1]}" if len(parts) >= 4 else parts[-1]
 
 
 def _real(engine: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from mrgen.curate.dataset import load_row
     from mrgen.curate.index import Index
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.pseudo import FILE, read
 
     labels = read(engine / "pseudo" / FILE)
     with np.load(engine / "pseudo" / FILE) as z:
         scores = dict(zip([str(i) for i in z["ids"]], z["scores"].tolist()))
     rows = {r["id"]: r for r in Index(engine / "curated" / "index.parquet").query() if r["id"] in labels}
-    out, subjects = [], set()
-    for i in sorted(labels, key=lambda i: (-scores[i], i)):
-        if rows[i]["subject"] in subjects:
-            continue
-        subjects.add(rows[i]["subject"])
-        out.append((f"{rows[i]['subject']} {scores[i]:.2f}", load_row(engine / "curated", rows[i], mask=False)[0], labels[i]))
-        if len(out) == n:
-            break
-    return out
+    ranked = sorted(labels, key=lambda i: (-scores[i], i))
+    picked, subjects = [], set()
+    for i in ranked:  # the most confident item of each subject first, then the next most confident of any
+        if rows[i]["subject"] not in subjects:
+            subjects.add(rows[i]["subject"])
+            picked.append(i)
+    picked = (picked + [i for i in ranked if i not in picked])[:n]
+    drop = context_values(engine / "curated")  # the brain outline would hide the image: segmentation labels only
+    return [(f"{rows[i]['subject'][-12:]} {scores[i]:.2f}", load_row(engine / "curated", rows[i], mask=False)[0],
+             strip_context(labels[i], drop)) for i in picked]
 
 
 def main(argv=None) -> Path:
@@ -71,7 +75,7 @@ def main(argv=None) -> Path:
     masks = _largest_masks(a.engine, a.masks)
     rows = [{"name": "real target +\npseudo-label", "slices": _real(a.engine, a.masks)},
             {"name": "source mask", "slices": [(_caption(f), np.full(load_candidates(f)["mask"].shape, -1.0),
-                                               load_candidates(f)["mask"]) for f in masks]}]
+                                               load_candidates(f)["mask"]) for f in masks]}]  # with its context labels
     for name, folder in (("round 1", a.engine), ("round 2", a.engine / "round2")):
         rows.append({"name": name, "slices": [("", load_candidates(folder / "synth" / "candidates" / f.name)["images"][0], None)
                                               for f in masks]})
