@@ -59,7 +59,7 @@ class Stage:
     after: tuple  # stages whose artefacts this stage reads
     output: str  # a path (relative to the run folder) that exists once the stage is done
     folder: str = ""  # the stage's own folder, moved aside when its identity changes
-    extra: tuple = ()  # inputs outside the config: ("manifest",) = the content of the curate manifest
+    extra: tuple = ()  # inputs outside the config, by content: "manifest" (the curate manifest), "pseudo" (controller.pseudo_labels)
 
 
 def stages(cfg: C.Config, every: bool = False) -> list[Stage]:

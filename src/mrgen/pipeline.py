@@ -157,7 +157,7 @@ def run_rounds(cfg: C.Config) -> dict:
     for k in range(2, cfg.rounds.count + 1):
         prev = rounds.config(cfg, k - 1)
         record = procs.on_main(lambda: label_targets(prev, prev.workdir / "segment" / "engine",
-                                                            rounds.pseudo_folder(cfg.workdir, k)))
+                                                     rounds.pseudo_folder(cfg.workdir, k)))
         baselines = tuple(f"segment/{n}" for n in ("source_only", "oracle") if n in cfg.run.baselines)
         procs.on_main(lambda: rounds.prepare(cfg, k, also=baselines) and None)  # the folder and its links
         sub = rounds.config(cfg, k)
