@@ -46,9 +46,7 @@ def _real(engine: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from mrgen.curate.labels import context_values, strip_context
     from mrgen.pseudo import FILE, read
 
-    labels = read(engine / "pseudo" / FILE)
-    with np.load(engine / "pseudo" / FILE) as z:
-        scores = dict(zip([str(i) for i in z["ids"]], z["scores"].tolist()))
+    labels, scores = read(engine / "pseudo" / FILE, with_scores=True)
     rows = {r["id"]: r for r in Index(engine / "curated" / "index.parquet").query() if r["id"] in labels}
     ranked = sorted(labels, key=lambda i: (-scores[i], i))
     picked, subjects = [], set()

@@ -43,6 +43,8 @@ def test_write_read_round_trip_and_damaged_files(tmp_path):
     assert rec["kept"] == 2 and rec["file_sha256"] == io.file_hash(path)
     with np.load(path) as z:
         assert z["scores"].tolist() == [0.5, 0.75]
+    same, scores = pseudo.read(path, with_scores=True)
+    assert scores == {"x/a": 0.5, "x/b": 0.75} and list(same) == list(back)
     with pytest.raises(FileNotFoundError, match="pseudo_labels"):
         pseudo.read(tmp_path / "missing.npz")
     path.write_bytes(path.read_bytes()[:40])

@@ -159,12 +159,12 @@ def run_rounds(cfg: C.Config) -> dict:
         record = procs.on_main(lambda: label_targets(prev, prev.workdir / "segment" / "engine",
                                                      rounds.pseudo_folder(cfg.workdir, k)))
         baselines = tuple(f"segment/{n}" for n in ("source_only", "oracle") if n in cfg.run.baselines)
-        procs.on_main(lambda: rounds.prepare(cfg, k, also=baselines) and None)  # the folder and its links
+        procs.on_main(lambda: rounds.prepare(cfg, k, also=baselines))
         sub = rounds.config(cfg, k)
         steps = contract.ROUND_STAGES + (contract.FINAL_STAGES if k == cfg.rounds.count else ())
         res = run(sub, only=steps, provided=("curate", "autoencoder", "ldm"))
-        out[f"round{k}"] = {"pseudo-labelled": f"{record['kept']} of {record['target_items']} target items"
-                            if record else None, "ran": sorted(res["ran"]), "result": res.get("result", "")}
+        out[f"round{k}"] = {"pseudo-labelled": f"{record['kept']} of {record['target_items']} target items",
+                            "ran": sorted(res["ran"]), "result": res.get("result", "")}
     return out
 
 

@@ -74,17 +74,19 @@ def write(folder: str | Path, masks: dict, scores: dict, record: dict) -> Path:
     return path
 
 
-def read(path: str | Path) -> dict:
-    """The one reader: ``{row id: int64 label map}`` of a ``labels.npz`` written by :func:`write`."""
+def read(path: str | Path, with_scores: bool = False) -> dict | tuple[dict, dict]:
+    """The one reader: ``{row id: int64 label map}`` of a ``labels.npz`` written by :func:`write` (``with_scores``:
+    also ``{row id: score}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"controller.pseudo_labels: {path} does not exist; it is written by a previous engine "
                                 f"round (rounds.count >= 2) or by mrgen.segment.pseudolabel.label_targets")
     try:
         with np.load(path, allow_pickle=False) as z:
-            ids, masks = [str(i) for i in z["ids"]], z["masks"].astype(np.int64)
+            ids, masks, scores = [str(i) for i in z["ids"]], z["masks"].astype(np.int64), z["scores"].tolist()
     except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise io.corrupt(path, exc, "delete it and rerun the round that wrote it") from None
-    if len(ids) != len(masks):
-        raise io.corrupt(path, f"{len(ids)} ids but {len(masks)} masks", "delete it and rerun the round that wrote it")
-    return dict(zip(ids, masks))
+    if not len(ids) == len(masks) == len(scores):
+        raise io.corrupt(path, f"{len(ids)} ids, {len(masks)} masks, {len(scores)} scores",
+                         "delete it and rerun the round that wrote it")
+    return (dict(zip(ids, masks)), dict(zip(ids, scores))) if with_scores else dict(zip(ids, masks))

@@ -54,12 +54,11 @@ def link(src: Path, dst: Path) -> None:
     os.symlink(os.path.relpath(src, dst.parent), dst)
 
 
-def prepare(cfg: C.Config, k: int, also: tuple = ()) -> C.Config:
-    """Make round ``k``'s folder with its links to round 1 (:data:`SHARED` and ``also``, paths relative to a run
-    folder that exist in round 1); returns its config."""
-    sub = config(cfg, k)
-    sub.workdir.mkdir(parents=True, exist_ok=True)
+def prepare(cfg: C.Config, k: int, also: tuple = ()) -> None:
+    """Make round ``k``'s folder (:func:`folder`) with its links to round 1 (:data:`SHARED` and ``also``, paths
+    relative to a run folder that exist in round 1); its config is :func:`config`."""
+    sub = folder(cfg.workdir, k)
+    sub.mkdir(parents=True, exist_ok=True)
     for name in SHARED + tuple(also):
         if (cfg.workdir / name).exists():
-            link(cfg.workdir / name, sub.workdir / name)
-    return sub
+            link(cfg.workdir / name, sub / name)

@@ -37,6 +37,9 @@ def test_a_second_round_trains_its_controller_on_pseudo_labelled_target_items(ti
     assert all(i.startswith("toy/sub-2/T2/") for i in ids)
     meta = io.read_json(r2 / "controller" / "model.json")
     assert meta["pseudo_items"] == len(ids) and meta["pseudo_sha256"] == io.file_hash(r1 / "pseudo" / pseudo.FILE)
+    before = io.read_json(r1 / "controller" / "model.json")
+    assert meta["source_items"] == before["source_items"]  # the pseudo-labelled items are counted apart
+    assert meta["target_items"] == before["target_items"] - len(ids)
     # round 2 shares the autoencoder and the LDM and renders again from the round-2 controller
     assert (r2 / "ldm").is_symlink() and (r2 / "autoencoder").is_symlink() and not (r2 / "controller").is_symlink()
     assert (r2 / "filter" / "kept.json").exists()

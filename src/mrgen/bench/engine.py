@@ -138,7 +138,8 @@ def next_round(ctx: Ctx, variant: str, prev: C.Config, k: int) -> C.Config:
     ctx.compute[f"engine_r{k}.pseudo"] = {**m.result(), "ran_now": True}  # the round-(k-1) segmenter and its labels
     ctx.log(f"round {k}: {record['kept']} of {record['target_items']} target items pseudo-labelled "
             f"(score >= {record['score_threshold']:.3f})")
-    cfg = rounds.prepare(first, k)
+    rounds.prepare(first, k)
+    cfg = rounds.config(first, k)
     from mrgen.filter import FilterStarved
 
     try:

@@ -90,7 +90,7 @@ def run(cfg: Config) -> dict:
             "pseudo_items": mix.pseudo, "pseudo_sha256": pseudo,
             "mode": "controlnet", "n_labels": labels, "mask_encoding": cfg.controller.mask_encoding, "scale_factor": scale,
             "ldm_sha256": ldm_meta.get("sha256", ""), "autoencoder_sha256": ae_meta.get("sha256", ""),
-            "source_items": len(src), "target_items": len(tgt), "target_fraction": frac}
+            "source_items": len(src) - mix.pseudo, "target_items": len(tgt), "target_fraction": frac}
     modules = {"controller": ctrl, "unet": unet, "autoencoder": ae}
     if text.trainable:
         modules["text"] = text

@@ -21,7 +21,7 @@ def label_targets(cfg, segmenter: str | Path, folder: str | Path) -> dict:
     Raises when no item qualifies: a later round with no target pair would only repeat round 1."""
     from mrgen import devices
     from mrgen.autoencoder.data import load_item, open_index
-    from mrgen.curate.labels import context_values
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.nets.store import read_meta
     from mrgen.roles import assign
     from mrgen.segment import load_segmenter, predict_proba
@@ -50,7 +50,8 @@ def label_targets(cfg, segmenter: str | Path, folder: str | Path) -> dict:
               "score_quantiles": {q: float(np.quantile(list(scores.values()), q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
               "label_pixels": _label_pixels([labelled[i] for i in kept], ctx)}
     write(folder, {i: labelled[i] for i in kept}, {i: scores[i] for i in kept}, record)
-    _preview(Path(folder) / "preview.png", cfg, {r["id"]: r for r in rows}, kept, labelled, scores)
+    shown = {i: strip_context(labelled[i], ctx) for i in kept}  # a context label (BraTS' brain) would hide the image
+    _preview(Path(folder) / "preview.png", cfg, {r["id"]: r for r in rows}, kept, shown, scores)
     return record
 
 
