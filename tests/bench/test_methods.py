@@ -180,3 +180,42 @@ def test_a_starved_engine_filter_falls_back_to_unfiltered_candidates_and_says_so
     note = ctx.compute["filter_fallback"]
     assert note.startswith("FILTER STARVED") and "3 of 40 masks" in note and "unfiltered" in note
     assert any("starved" in str(m) for m in logs)
+
+
+def test_a_filter_starved_in_round_two_falls_back_to_round_two_candidates(monkeypatch, tmp_path):
+    """bench, rounds.count=2: FilterStarved in round 2 -> round 2's unfiltered candidates; its stages' compute is
+    recorded under engine_r2.*, beside round 1's, and the note names the round."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mrgen.bench import engine as E
+    from mrgen.filter import FilterStarved
+    import mrgen.pairs as P
+
+    def starve(ctx, variant):
+        exc = FilterStarved("the filter kept a candidate for 2 of 40 masks (5.0 %); training a segmenter on so few")
+        exc.round = 2  # as next_round marks it
+        raise exc
+
+    folders = {1: tmp_path / "engine", 2: tmp_path / "engine" / "round2"}
+    folders[2].mkdir(parents=True)
+    (folders[2] / "compute.json").write_text('{"controller": {"cpu_s": 7.0}, "synthesize": {"cpu_s": 3.0}}')
+    asked = []
+
+    def config(ctx, variant, round_=1):
+        asked.append(round_)
+        return SimpleNamespace(workdir=folders[round_], filter=SimpleNamespace(keep=2))
+
+    monkeypatch.setattr(E, "prepare", starve)
+    monkeypatch.setattr(E, "variant_config", config)
+    picked = []
+    monkeypatch.setattr(P, "random_candidates", lambda wd, keep, rng: picked.append(wd) or ([np.zeros((4, 4))], [np.zeros((4, 4), np.int64)]))
+    ctx = SimpleNamespace(params={}, compute={"engine.controller": {"cpu_s": 50.0}}, log=lambda *_: None,
+                          rng=lambda name: np.random.default_rng(0),
+                          cfg=SimpleNamespace(segment=SimpleNamespace(engine_set="synthetic", pseudo_pairs=False)))
+    E.engine_pairs(ctx, "mrgen")
+    assert asked == [2] and picked == [folders[2]]  # round 2's candidates, not round 1's
+    assert ctx.compute["engine.controller"] == {"cpu_s": 50.0}  # round 1's controller is not overwritten
+    assert ctx.compute["engine_r2.controller"] == {"cpu_s": 7.0} and ctx.compute["engine_r2.synthesize"] == {"cpu_s": 3.0}
+    assert ctx.compute["filter_fallback"].startswith("FILTER STARVED in round 2")

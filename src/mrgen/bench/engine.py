@@ -187,10 +187,12 @@ def engine_pairs(ctx: Ctx, variant: str) -> tuple[list, list]:
         cfg = prepare(ctx, variant)
         starved = None
     except FilterStarved as exc:  # explicit fallback, in the report's notes: never a handful of pairs unsaid
-        cfg, starved = variant_config(ctx, variant, getattr(exc, "round", 1)), str(exc)
-        ctx.compute.update({f"engine.{k}": v for k, v in recorded(cfg.workdir, STAGES).items() if v})
-        ctx.compute["filter_fallback"] = ("FILTER STARVED, trained on unfiltered candidates (as mrgen_nofilter): "
-                                          + starved.split("; training")[0])
+        k = getattr(exc, "round", 1)
+        cfg, starved = variant_config(ctx, variant, k), str(exc)
+        prefix = "engine" if k == 1 else f"engine_r{k}"  # round k's own stages, beside round 1's
+        ctx.compute.update({f"{prefix}.{n}": v for n, v in recorded(cfg.workdir, STAGES).items() if v})
+        ctx.compute["filter_fallback"] = (f"FILTER STARVED in round {k}, trained on that round's unfiltered candidates "
+                                          "(as mrgen_nofilter): " + starved.split("; training")[0])
         ctx.log(f"[bold red]{variant}: the filter starved; falling back to unfiltered candidates[/]: {starved}")
     if variant == "mrgen_nofilter" or starved:
         images, masks = random_candidates(cfg.workdir, cfg.filter.keep, ctx.rng("mrgen_nofilter"))
