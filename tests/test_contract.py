@@ -190,7 +190,10 @@ def test_driver_reruns_exactly_the_stages_that_read_a_key(stub_run, key):
 
 
 EXPECTED = {  # hand-written: what a user changes -> what must re-run (the bugs)
-    "run.test_subjects": ["audit", "export", "evaluate"],  # the audit's baseline is the held-out test images
+    # no image of a test subject trains the autoencoder or the LDM (a benchmark fold's test subjects may sit in the
+    # curated train split), and the audit's baseline is the held-out test images
+    "run.test_subjects": ["autoencoder", "ldm", "controller", "synthesize", "filter", "segment", "audit", "export",
+                          "evaluate"],
     "run.source_subjects": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
     "run.target_datasets": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
     "run.seed": ["ldm", "controller", "synthesize", "filter", "segment", "audit", "export", "evaluate"],
@@ -244,7 +247,11 @@ def test_provided_and_only(stub_run):
 def test_keys_added_later_enter_no_stamp_at_their_old_behaviour():
     cfg = C.load_config("tiny")
     assert contract.ADDED == {"controller.target_mask": "background", "sample.strength": 1.0, "rounds.count": 1,
-                              "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False}
+                              "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False,
+                              "run.test_subjects": []}
+    assert "run.test_subjects" not in contract.config_of(cfg, "autoencoder")  # an autoencoder of a run without folds
+    fold = _replace(cfg, "run.test_subjects", ("sub-3",))
+    assert contract.config_of(fold, "autoencoder")["run.test_subjects"] == ["sub-3"]
     assert "segment.pseudo_pairs" not in contract.config_of(cfg, "segment")
     assert "controller.target_mask" not in contract.config_of(cfg, "controller")  # a controller trained before
     assert "sample.strength" not in contract.config_of(cfg, "synthesize")  # the key existed is still current

@@ -38,3 +38,19 @@ def test_explicit_fold_subjects_replace_the_split(tiny_index):
 def test_missing_modality_is_a_clear_error(tiny_index):
     with pytest.raises(ValueError, match="no annotated FLAIR rows"):
         assign(Index(tiny_index), load_config("tiny", overrides=["run.source_modality=FLAIR"]))
+
+
+def test_the_engine_never_trains_on_an_image_of_a_fold_test_subject(tiny_index):
+    """A benchmark fold names test subjects whatever the curated split says (sub-1 is in the train split here): the
+    autoencoder's and the LDM's unannotated training rows drop every row of them, of every modality."""
+    from mrgen.autoencoder import train_rows
+    from mrgen.ldm import ldm_rows
+
+    fold = ["run.source_subjects=[sub-0]", "run.target_subjects=[sub-2]", f"run.workdir={tiny_index}"]
+    without = load_config("tiny", overrides=fold)
+    cfg = load_config("tiny", overrides=[*fold, "run.test_subjects=[sub-1]"])
+    assert "sub-1" in _subjects(train_rows(without)) and "sub-1" in _subjects(ldm_rows(without))  # what a fold used to see
+    ae, ldm = train_rows(cfg), ldm_rows(cfg)
+    assert "sub-1" not in _subjects(ae) | _subjects(ldm)
+    assert _subjects(ae) == {"sub-0", "sub-2"} and {r["modality"] for r in ae} == {"T1", "T2"}
+    assert {(r["subject"], r["modality"]) for r in ldm} == {("sub-0", "T1"), ("sub-2", "T2")}

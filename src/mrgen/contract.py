@@ -49,7 +49,9 @@ LAYOUT = ("data.spatial_dims", "data.image_size", "data.depth")  # the item shap
 # Keys added after run folders existed, with the value that does what the code did before them: at that value a key
 # enters no stamp, so a run folder made before it re-runs nothing (and a checkpoint still resumes); any other value does.
 ADDED = {"controller.target_mask": "background", "sample.strength": 1.0,
-         "rounds.count": 1, "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False}
+         "rounds.count": 1, "rounds.keep_fraction": 0.5, "rounds.min_confidence": 0.0, "segment.pseudo_pairs": False,
+         # read by the autoencoder and the LDM since they drop a fold's test subjects (mrgen.roles.unseen_tests)
+         "run.test_subjects": []}
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,11 @@ def stages(cfg: C.Config, every: bool = False) -> list[Stage]:
                      "curated/index.parquet", extra=("manifest",) if cfg.curate.manifest else ()))
     if not concat:
         out += [
-            Stage("autoencoder", ("autoencoder",) + LAYOUT, ("curate",), "autoencoder/model.safetensors", "autoencoder"),
-            Stage("ldm", ("ldm", "text", "diffusion") + LAYOUT + ROLES, ("autoencoder",), "ldm/model.safetensors", "ldm"),
+            # both train on no image of a fold's test subjects (run.test_subjects; mrgen.roles.unseen_tests)
+            Stage("autoencoder", ("autoencoder", "run.test_subjects") + LAYOUT, ("curate",), "autoencoder/model.safetensors",
+                  "autoencoder"),
+            Stage("ldm", ("ldm", "text", "diffusion", "run.test_subjects") + LAYOUT + ROLES, ("autoencoder",),
+                  "ldm/model.safetensors", "ldm"),
             # a later round's pseudo-labels: the file's content (not its path) is an input, as a manifest's
             Stage("controller", _controller_reads() + LAYOUT + ROLES, ("ldm",), "controller/model.safetensors",
                   "controller", extra=("pseudo",) if cfg.controller.pseudo_labels else ()),

@@ -41,6 +41,15 @@ def kind_of(cfg: Config) -> str:
     return "slice" if cfg.data.spatial_dims == 2 else "volume"
 
 
+def unseen_tests(rows: list, cfg: Config) -> list:
+    """``rows`` without those of the explicit test subjects (``run.test_subjects``: a benchmark fold). A fold chooses
+    its test subjects whatever the curated split says, so train-split rows of a test subject exist; the engine's
+    unannotated training sets (autoencoder, LDM) drop them, every modality of them: no image of a test subject is
+    ever trained on."""
+    tests = set(map(str, cfg.run.test_subjects))
+    return [r for r in rows if str(r["subject"]) not in tests] if tests else list(rows)
+
+
 def _in(rows: list, datasets: tuple) -> list:
     return [r for r in rows if not datasets or r["dataset"] in datasets]
 

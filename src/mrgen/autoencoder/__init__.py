@@ -32,7 +32,9 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def train_rows(cfg: Config) -> list[dict]:
-    rows = sorted(open_index(cfg).query(kind=kind_of(cfg), split="train"), key=lambda r: r["id"])
+    from mrgen.roles import unseen_tests
+
+    rows = sorted(unseen_tests(open_index(cfg).query(kind=kind_of(cfg), split="train"), cfg), key=lambda r: r["id"])
     if not rows:
         raise ValueError(f"no {kind_of(cfg)} rows in the train split of {cfg.workdir / 'curated'}; run `mrgen curate` first")
     return rows

@@ -93,6 +93,11 @@ def _check_pairs(method: str, images: list, masks: list, context: set = frozense
                          f"only; map them to 0 (mrgen.curate.labels.strip_context) before training a segmenter")
 
 
+# 2: the engine's autoencoder and LDM train on no image of the fold's test subjects (mrgen.roles.unseen_tests; before,
+# the train-split images of a fold's test subjects were among their unannotated data). Results of 1 are stale.
+ENGINE_PROTOCOL = 2
+
+
 def _fold_cfg(base: C.Config, fold: S.Fold) -> C.Config:
     return C._merge(base, {"run": {"source_subjects": list(fold.source), "target_subjects": list(fold.target),
                                    "test_subjects": list(fold.test)}})
@@ -110,7 +115,7 @@ def _engine_settings(spec: S.Spec, base: C.Config, fold: S.Fold) -> dict:
 def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> tuple[str, str]:
     """(train stamp: pairs + segmenter, eval stamp: + what the evaluation reports)."""
     cfg = _fold_cfg(base, fold)
-    engine = _engine_settings(spec, base, fold) if method in ENGINE_METHODS else None
+    engine = {**_engine_settings(spec, base, fold), "protocol": ENGINE_PROTOCOL} if method in ENGINE_METHODS else None
     from mrgen import contract
 
     run_sec = contract.declared(cfg, ("run",))  # run.workdir, run.device: no effect on any result

@@ -38,11 +38,12 @@ def prompt_of(row: dict) -> str:
 
 
 def ldm_rows(cfg: Config) -> list[dict]:
-    """All train rows; source/target-modality rows restricted to their role's subjects when disjoint."""
-    from mrgen.roles import assign
+    """All train rows but those of the test subjects (``mrgen.roles.unseen_tests``); source/target-modality rows
+    restricted to their role's subjects when disjoint."""
+    from mrgen.roles import assign, unseen_tests
 
     index = open_index(cfg)
-    rows = index.query(kind=kind_of(cfg), split="train")
+    rows = unseen_tests(index.query(kind=kind_of(cfg), split="train"), cfg)
     if not rows:
         raise ValueError(f"no {kind_of(cfg)} rows in the train split; run `mrgen curate` first")
     if cfg.run.disjoint_subjects:
