@@ -38,17 +38,15 @@ def prompt_of(row: dict) -> str:
 
 
 def ldm_rows(cfg: Config) -> list[dict]:
-    """All train rows but those of the test subjects (``mrgen.roles.unseen_tests``); source/target-modality rows
-    restricted to their role's subjects when disjoint."""
-    from mrgen.roles import assign, unseen_tests
+    """The autoencoder's training rows (:func:`mrgen.autoencoder.train_rows`: the train split without the test
+    subjects); source/target-modality rows restricted to their role's subjects when disjoint."""
+    from mrgen.autoencoder import train_rows
+    from mrgen.roles import assign
 
-    index = open_index(cfg)
-    rows = unseen_tests(index.query(kind=kind_of(cfg), split="train"), cfg)
-    if not rows:
-        raise ValueError(f"no {kind_of(cfg)} rows in the train split; run `mrgen curate` first")
+    rows = train_rows(cfg)
     if cfg.run.disjoint_subjects:
         try:
-            roles = assign(index, cfg)
+            roles = assign(open_index(cfg), cfg)
         except ValueError:  # no source/target pair configured: train on everything
             roles = None
         if roles is not None:
