@@ -157,7 +157,17 @@ _registered: list = []
 
 def _close() -> None:
     """At exit: leave the process group (a gloo group still open at interpreter exit aborts the process)."""
+    import datetime
+
     import torch.distributed as td
 
     if td.is_available() and td.is_initialized():
+        # every process reaches its exit before any leaves the group: a gloo peer that closes its connection while
+        # another process still tears down aborted that process now and then ("terminate called without an active
+        # exception", exit -6, after all its work was done). Bounded, so a process whose peer died does not hang.
+        if td.get_backend() == "gloo":
+            try:
+                td.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except Exception:  # a peer already gone: leave anyway
+                pass
         td.destroy_process_group()
