@@ -53,7 +53,8 @@ def test_zfilter_splits_a_volume():
     assert [r["slice"] for r in lo] == [0, 1, 2, 3, 4] and [r["slice"] for r in hi] == [5, 6, 7, 8, 9]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("*.yaml")) + sorted((REPO / "benchmarks" / "ablations").glob("*.yaml")),
+                         ids=lambda p: p.stem)
 def test_shipped_benchmarks_load_and_resolve(path, tmp_path):
     from mrgen.bench.methods import ENGINE_METHODS
 
