@@ -123,7 +123,7 @@ def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict
     added = contract.ADDED
     segment = {k: v for k, v in C.to_dict(cfg.segment).items() if added.get(f"segment.{k}", object()) != v}
     train = S.stamp(fold.as_dict(), method, spec.methods[method], engine, segment, C.to_dict(cfg.data),
-                    run_sec, int(spec.tree.get("seed", 0)), spec.manifest)
+                    run_sec, int(spec.tree.get("seed", 0)), S.manifest_identity(spec))
     return train, S.stamp(train, spec.groups, labels, spec.tree.get("examples", 4), E_VERSION)
 
 

@@ -1,7 +1,8 @@
 """Benchmark definitions (``benchmarks/*.yaml``): data, folds, segmenter settings, methods.
 
-A benchmark file is its own format (no new config section): it embeds a curate manifest,
-an mrgen config (``preset`` + sections, shared by every method's segmenter), optional engine
+A benchmark file is its own format (no new config section): it embeds a curate manifest or
+names a manifest file (``manifest: {file: ..., set: {<dataset>: {<key>: <value>}}}`` sets keys of
+the file's datasets, e.g. ``crop: foreground``), an mrgen config (``preset`` + sections, shared by every method's segmenter), optional engine
 settings for the ``mrgen*`` methods, the folds, the label groups reported and the methods
 with their parameters. Dotted overrides (``config.segment.train.steps=50``,
 ``methods.cyclegan.steps=100``, ``data_root=/data``) apply to this tree. See docs/benchmarks.md.
@@ -99,11 +100,10 @@ def _needs_data_root(tree: dict, bench_path: Path) -> bool:
     if tree.get("data_root"):
         return True
     raw = tree.get("manifest")
-    if isinstance(raw, dict):
+    mpath, _ = _manifest_ref(raw, bench_path)
+    if mpath is None:
         roots = [str(d.get("root", ".")) for d in raw.get("datasets", [])]
         return any(any(v in r for v in _SHARED) or not Path(os.path.expanduser(r)).is_absolute() for r in roots)
-    mpath = Path(os.path.expanduser(str(raw)))
-    mpath = mpath if mpath.is_absolute() else bench_path.parent / mpath
     return mpath.is_file() and any(v in mpath.read_text() for v in _SHARED)
 
 
@@ -146,15 +146,42 @@ def _canon(modality: str) -> str:
         raise BenchError(f"config.run: {exc}") from None
 
 
-def _manifest(raw, bench_path: Path, root: Path) -> tuple[dict, Path]:
-    """An embedded manifest (roots below the data root) or a manifest file (e.g. ../examples/brats2013.yaml)."""
+def _manifest_ref(raw, bench_path: Path) -> tuple[Path | None, dict]:
+    """(the manifest file, or None for an embedded manifest; ``{dataset: {key: value}}`` to set in it)."""
+    if isinstance(raw, dict) and "file" not in raw:
+        return None, {}
+    sets = {}
     if isinstance(raw, dict):
-        return copy.deepcopy(raw), root
+        bad = sorted(set(raw) - {"file", "set"})
+        if bad:
+            raise BenchError(f"{bench_path}: manifest: {{file, set}} has no key(s) {bad}; either embed a whole "
+                             f"manifest (version, datasets) or name a file and the dataset keys to set")
+        sets = raw.get("set") or {}
+        if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
+            raise BenchError(f"{bench_path}: manifest.set maps a dataset name to the keys to set, "
+                             f"e.g. set: {{brats2013: {{crop: foreground}}}}")
+        raw = raw["file"]
     mpath = Path(os.path.expanduser(str(raw)))
-    mpath = mpath if mpath.is_absolute() else bench_path.parent / mpath
+    return (mpath if mpath.is_absolute() else bench_path.parent / mpath), {str(k): v for k, v in sets.items()}
+
+
+def _manifest(raw, bench_path: Path, root: Path) -> tuple[dict, Path]:
+    """An embedded manifest (roots below the data root), a manifest file (e.g. ../examples/brats2013.yaml), or
+    ``{file: <manifest file>, set: {<dataset>: {<key>: <value>}}}``: the file with those keys of its datasets set
+    (``crop: foreground`` for one benchmark, without a second copy of the file's dataset entry)."""
+    mpath, sets = _manifest_ref(raw, bench_path)
+    if mpath is None:
+        return copy.deepcopy(raw), root
     if not mpath.is_file():
         raise BenchError(f"{bench_path}: manifest file {mpath} does not exist")
-    return yaml.safe_load(mpath.read_text()) or {}, mpath.parent.resolve()
+    man = yaml.safe_load(mpath.read_text()) or {}
+    by_name = {str(d.get("name")): d for d in man.get("datasets") or []}
+    for name, keys in sets.items():
+        if name not in by_name:
+            raise BenchError(f"{bench_path}: manifest.set names dataset '{name}', but {mpath} has "
+                             f"{sorted(by_name) or 'no datasets'}; use one of those names")
+        by_name[name].update(copy.deepcopy(keys))
+    return man, mpath.parent.resolve()
 
 
 def _tuple(x) -> tuple:
@@ -237,7 +264,7 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def write_manifest(spec: Spec, workdir: Path) -> Path:
+def resolved_manifest(spec: Spec) -> dict:
     """The manifest with dataset roots made absolute; ``$MRGEN_SHARED_DATA`` in a root is the data root."""
     import re
 
@@ -249,8 +276,26 @@ def write_manifest(spec: Spec, workdir: Path) -> Path:
         text = var.sub(lambda _: str(spec.data_root), str(ds.get("root", ".")))
         root = Path(expand_env(text, f"{spec.path}: manifest"))
         ds["root"] = str(root if root.is_absolute() else (spec.manifest_base / root).resolve())
+    return man
+
+
+def manifest_identity(spec: Spec) -> dict:
+    """The manifest as the result stamps see it: the data it selects, not how its roots are spelled. A root
+    below the data root is written relative to it, so an embedded ``root: brats2013`` and a manifest file's
+    ``${MRGEN_SHARED_DATA:-../../shared/data}/brats2013`` are the same data (and moving the data root
+    keeps every result current)."""
+    man = resolved_manifest(spec)
+    for ds in man.get("datasets", []):
+        root = Path(ds["root"])
+        if spec.data_root is not None and root.is_relative_to(spec.data_root):
+            ds["root"] = root.relative_to(spec.data_root).as_posix()
+    return man
+
+
+def write_manifest(spec: Spec, workdir: Path) -> Path:
+    """``<workdir>/manifest.yaml``: :func:`resolved_manifest`, rewritten only when it changed."""
     path = workdir / "manifest.yaml"
-    text = yaml.safe_dump(man, sort_keys=False)
+    text = yaml.safe_dump(resolved_manifest(spec), sort_keys=False)
     if not path.exists() or path.read_text() != text:
         C.atomic_write_text(path, text)
     return path
