@@ -117,3 +117,76 @@ def test_a_data_root_is_needed_only_when_the_manifest_uses_it(tmp_path, monkeypa
     relative.write_text(yaml.safe_dump(tree))
     with pytest.raises(S.BenchError, match="data folder not found"):
         S.load(relative)
+
+
+def _bench_with_manifest(tmp_path, name, manifest) -> Path:
+    import yaml
+
+    tree = yaml.safe_load((REPO / "benchmarks" / "brats_flair_to_t1c.yaml").read_text())
+    tree["manifest"] = manifest
+    path = tmp_path / "benchmarks" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_a_definition_sets_keys_of_a_manifest_files_datasets(tmp_path):
+    """``manifest: {file, set}``: the file's dataset entry with the keys set, nothing else changed; a wrong
+    dataset name or key is one clear error."""
+    import yaml
+
+    example = str(REPO / "examples" / "brats2013.yaml")
+    plain = S.load(_bench_with_manifest(tmp_path, "plain", example), [f"data_root={tmp_path}"])
+    cropped = S.load(_bench_with_manifest(tmp_path, "crop", {"file": example, "set": {"brats2013": {"crop": "foreground"}}}),
+                     [f"data_root={tmp_path}"])
+    a, b = plain.manifest["datasets"][0], cropped.manifest["datasets"][0]
+    assert "crop" not in a and b["crop"] == "foreground"
+    assert {k: v for k, v in b.items() if k != "crop"} == a
+    assert yaml.safe_load(S.write_manifest(cropped, tmp_path).read_text())["datasets"][0]["crop"] == "foreground"
+    # the shipped FLAIR -> T1c definition uses it, and a dotted override reaches it
+    spec = S.load(REPO / "benchmarks" / "brats_flair_to_t1c.yaml", [f"data_root={tmp_path}", "manifest.set.brats2013.crop=none"])
+    assert spec.manifest["datasets"][0]["crop"] == "none"
+    with pytest.raises(S.BenchError, match="names dataset 'brats'.*brats2013"):
+        S.load(_bench_with_manifest(tmp_path, "wrong", {"file": example, "set": {"brats": {"crop": "foreground"}}}),
+               [f"data_root={tmp_path}"])
+    with pytest.raises(S.BenchError, match="has no key"):
+        S.load(_bench_with_manifest(tmp_path, "key", {"file": example, "sets": {}}), [f"data_root={tmp_path}"])
+    with pytest.raises(S.BenchError, match="maps a dataset name"):
+        S.load(_bench_with_manifest(tmp_path, "notmap", {"file": example, "set": {"brats2013": "foreground"}}),
+               [f"data_root={tmp_path}"])
+    with pytest.raises(S.BenchError, match="does not exist"):
+        S.load(_bench_with_manifest(tmp_path, "nofile", {"file": str(tmp_path / "none.yaml")}), [f"data_root={tmp_path}"])
+
+
+def test_result_stamps_see_the_data_a_manifest_selects_not_its_spelling(tmp_path):
+    """An embedded manifest whose root is relative to the data root and a manifest file spelling the same root
+    through ``${MRGEN_SHARED_DATA:-...}`` give one stamp; a changed dataset key or another data root's
+    absolute path gives another."""
+    import yaml
+
+    from mrgen import bench as B
+
+    example = REPO / "examples" / "brats2013.yaml"
+    embedded = yaml.safe_load(example.read_text())
+    embedded["datasets"][0]["root"] = "brats2013"
+    embedded["datasets"][0]["crop"] = "foreground"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    ov = [f"data_root={tmp_path / 'data'}"]
+    specs = {
+        "embedded": S.load(_bench_with_manifest(tmp_path, "embedded", embedded), ov),
+        "file": S.load(_bench_with_manifest(tmp_path, "file", {"file": str(example), "set": {"brats2013": {"crop": "foreground"}}}), ov),
+        "nocrop": S.load(_bench_with_manifest(tmp_path, "nocrop", str(example)), ov),
+    }
+    moved = dict(embedded, datasets=[dict(embedded["datasets"][0], root=str(tmp_path / "other" / "brats2013"))])
+    specs["elsewhere"] = S.load(_bench_with_manifest(tmp_path, "elsewhere", moved), ov)
+    assert S.manifest_identity(specs["embedded"])["datasets"][0]["root"] == "brats2013"
+    assert S.manifest_identity(specs["elsewhere"])["datasets"][0]["root"] == str(tmp_path / "other" / "brats2013")
+
+    def stamp(spec):
+        base = S.bench_config(spec, tmp_path / "wd")
+        return B.stamps(spec, base, spec.folds[0], "source_only", {1: "x"})[0]
+
+    got = {k: stamp(s) for k, s in specs.items()}
+    assert got["embedded"] == got["file"]
+    assert len({got["file"], got["nocrop"], got["elsewhere"]}) == 3
