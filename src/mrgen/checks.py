@@ -116,13 +116,14 @@ def _validate_sample(s) -> None:
                           "set sample.eta=0 or sample.solver=ddim")
 
 
-ENGINE_SETS = ("synthetic", "source", "source+aug")  # segment.engine_set (mrgen.pairs.engine_set)
+ENGINE_SETS = ("synthetic", "source", "source+aug", "source+dr")  # segment.engine_set (mrgen.pairs.engine_set)
 
 
 def _validate_segment(s) -> None:
     if s.engine_set not in ENGINE_SETS:
         raise ConfigError(f"segment.engine_set must be one of {', '.join(ENGINE_SETS)} (synthetic = the kept pairs only; "
-                          f"source = plus the real source pairs; source+aug = plus randomised copies), got '{s.engine_set}'")
+                          f"source = plus the real source pairs; source+aug = plus intensity-randomised copies; "
+                          f"source+dr = plus images drawn from the source label maps), got '{s.engine_set}'")
     if int(s.source_copies) < 0:
         raise ConfigError(f"segment.source_copies must be >= 0 randomised copies per source pair, got {s.source_copies}")
 

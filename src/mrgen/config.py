@@ -238,7 +238,8 @@ class SegmentCfg:
     nnunet_trainer: str = "nnUNetTrainer"  # backend=nnunet: nnUNetv2_train -tr
     # the engine segmenter's training set (`mrgen run`'s `engine` set, `mrgen bench`'s mrgen methods; docs/segment.md):
     # synthetic = the filter's kept pairs only (MRGen); source = plus the run's real annotated source-modality pairs;
-    # source+aug = plus `source_copies` intensity-randomised copies of each of those (mrgen.randomise)
+    # source+aug = plus `source_copies` intensity-randomised copies of each of those; source+dr = plus `source_copies`
+    # SynthSeg-style images drawn from each source label map (the domain_randomisation baseline's; mrgen.randomise)
     engine_set: str = "synthetic"
     source_copies: int = 4
     # a later engine round (controller.pseudo_labels set): the engine set also gets the pseudo-labelled real target

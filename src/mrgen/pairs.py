@@ -136,13 +136,17 @@ def pseudo_pairs(cfg: Config) -> tuple[list, list]:
 
 
 def engine_set(cfg: Config, synthetic: tuple[list, list], source: tuple[list, list],
-               rng: np.random.Generator, pseudo: tuple[list, list] = ([], [])) -> tuple[tuple[list, list], dict]:
+               rng: np.random.Generator, pseudo: tuple[list, list] = ([], []), context=()) -> tuple[tuple[list, list], dict]:
     """The engine segmenter's training set (``segment.engine_set``) and its make-up ``{kind: pairs}``.
 
     ``synthetic``: the engine's pairs (the filter's kept ones); ``source``: the run's real annotated
     source-modality pairs. ``synthetic`` returns the synthetic pairs alone; ``source`` adds the source pairs;
     ``source+aug`` also adds ``segment.source_copies`` intensity-randomised copies of each source pair
-    (:func:`mrgen.randomise.augment_intensity`, the ``intensity_aug`` baseline's draws, from ``rng``).
+    (:func:`mrgen.randomise.augment_intensity`, the ``intensity_aug`` baseline's draws, from ``rng``); ``source+dr``
+    adds ``segment.source_copies`` SynthSeg-style images drawn from each source label map instead
+    (:func:`mrgen.randomise.label_copies`, the ``domain_randomisation`` baseline's draws at its defaults, from ``rng``).
+    ``source``'s masks may hold the ``context`` label values (e.g. BraTS' brain outline): background in the set,
+    but ``source+dr`` draws them as intensity classes first, as the baseline does.
     ``pseudo`` (:func:`pseudo_pairs`, with ``segment.pseudo_pairs``): pseudo-labelled real target pairs, added after
     the synthetic ones whatever the kind.
     The one place that composes it: ``mrgen run``'s segment stage and ``mrgen bench``'s mrgen methods call it."""
@@ -151,14 +155,24 @@ def engine_set(cfg: Config, synthetic: tuple[list, list], source: tuple[list, li
     made = {"synthetic": len(synthetic[0]), **({"pseudo": len(pseudo[0])} if pseudo[0] else {})}
     if kind == "synthetic":
         return (images, masks), made
+    from mrgen.curate.labels import strip_context
+
+    src_masks = [strip_context(m, context) for m in source[1]]
     images += list(source[0])
-    masks += list(source[1])
+    masks += src_masks
     made["source"] = len(source[0])
     if kind == "source+aug":
         from mrgen.randomise import intensity_copies
 
-        for m, drawn in zip(source[1], intensity_copies(source[0], cfg.segment.source_copies, rng)):
+        for m, drawn in zip(src_masks, intensity_copies(source[0], cfg.segment.source_copies, rng)):
             images += drawn
             masks += [m] * len(drawn)
+    elif kind == "source+dr":
+        from mrgen.randomise import label_copies
+
+        drawn_i, drawn_m = label_copies(source[1], cfg.segment.source_copies, rng, context)
+        images += drawn_i
+        masks += drawn_m
+    if kind != "source":
         made["source_randomised"] = int(cfg.segment.source_copies) * len(source[0])
     return (images, masks), made

@@ -330,8 +330,25 @@ def synthesize_from_labels_with_params(mask: np.ndarray, rng: np.random.Generato
 
 def synthesize_from_labels(mask: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None,
                            **params) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`synthesize_from_labels_with_params` without the params (the bench's ``domain_randomisation``)."""
+    """:func:`synthesize_from_labels_with_params` without the params."""
     return synthesize_from_labels_with_params(mask, rng, image, **params)[:2]
+
+
+def label_copies(masks: list, copies: int, rng: np.random.Generator, context=(), images: list | None = None,
+                 **params) -> tuple[list, list]:
+    """``copies`` SynthSeg-style draws of each label map in ``masks``, in order (mask by mask, copy by copy):
+    ``(images, label maps)``. The ``context`` label values (conditioning-only, e.g. BraTS' brain) are drawn as
+    intensity classes and then set to background in the returned maps. ``images``: the source images, read only
+    when ``background_classes`` > 0. The bench's ``domain_randomisation`` and ``segment.engine_set=source+dr``."""
+    from mrgen.curate.labels import strip_context
+
+    out_i, out_m = [], []
+    for i, m in enumerate(masks):
+        for _ in range(int(copies)):
+            x, y = synthesize_from_labels(m, rng, image=None if images is None else images[i], **params)
+            out_i.append(x)
+            out_m.append(strip_context(y, context))
+    return out_i, out_m
 
 
 # ----------------------------------------------------------------------------- histogram matching

@@ -166,11 +166,12 @@ def _compose(ctx: Ctx, synthetic: tuple[list, list], engine: C.Config, note: str
     """The ``mrgen`` method's training set from the pairs of the engine round ``engine`` (``config.segment.engine_set``;
     with ``config.segment.pseudo_pairs`` also the target items that round's controller trained on as pseudo-labelled);
     its make-up goes to the result's notes under ``note``."""
+    from mrgen.curate.labels import context_values
     from mrgen.pairs import engine_set, pseudo_pairs
 
     pseudo = pseudo_pairs(engine) if ctx.cfg.segment.pseudo_pairs else ([], [])
-    source = ctx.source_pairs() if ctx.cfg.segment.engine_set != "synthetic" else ([], [])
-    (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo)
+    source = ctx.source_pairs(keep_context=True) if ctx.cfg.segment.engine_set != "synthetic" else ([], [])
+    (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo, context_values(ctx.root))
     ctx.compute[note] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
     return images, masks
 

@@ -77,23 +77,16 @@ def intensity_aug(ctx: Ctx) -> tuple[list, list]:
 
 
 def domain_randomisation(ctx: Ctx) -> tuple[list, list]:
-    from mrgen.randomise import RANDOMISE_DEFAULTS, synthesize_from_labels
+    from mrgen.randomise import RANDOMISE_DEFAULTS, label_copies
 
-    from mrgen.curate.labels import context_values, strip_context
+    from mrgen.curate.labels import context_values
 
     p = _params(ctx, {"copies": 4, "context": True, **RANDOMISE_DEFAULTS}, "domain_randomisation")
     copies, use_context = int(p.pop("copies")), bool(p.pop("context"))
-    rng = ctx.rng("domain_randomisation")
     images, masks = ctx.source_pairs(keep_context=use_context)  # context labels: generation classes only
-    drop = context_values(ctx.root)
     use_image = int(p["background_classes"]) > 0
-    out_i, out_m = [], []
-    for img, m in zip(images, masks):
-        for _ in range(copies):
-            x, y = synthesize_from_labels(m, rng, image=img if use_image else None, **p)
-            out_i.append(x)
-            out_m.append(strip_context(y, drop))
-    return out_i, out_m
+    return label_copies(masks, copies, ctx.rng("domain_randomisation"), context_values(ctx.root),
+                        images if use_image else None, **p)
 
 
 def histogram_match(ctx: Ctx) -> tuple[list, list]:

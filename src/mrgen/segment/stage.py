@@ -31,18 +31,20 @@ def training_sets(cfg: Config) -> tuple[dict, dict]:
     import numpy as np
 
     from mrgen.curate.index import Index
+    from mrgen.curate.labels import context_values, strip_context
     from mrgen.pairs import engine_set, kept_arrays, pseudo_pairs, real_pairs
     from mrgen.roles import assign
 
     roles = assign(Index(cfg.workdir / "curated" / "index.parquet"), cfg)
     need_source = cfg.segment.engine_set != "synthetic" or "source_only" in cfg.run.baselines
-    source = real_pairs(cfg, roles.source) if need_source else ([], [])
+    context = context_values(cfg.workdir / "curated")
+    source = real_pairs(cfg, roles.source, keep_context=True) if need_source else ([], [])  # context: engine_set drops it
     synthetic = kept_arrays(cfg.workdir)
     pseudo = pseudo_pairs(cfg) if cfg.segment.pseudo_pairs else ([], [])
-    engine, made = engine_set(cfg, synthetic, source, np.random.default_rng(engine_seed(cfg)), pseudo)
+    engine, made = engine_set(cfg, synthetic, source, np.random.default_rng(engine_seed(cfg)), pseudo, context)
     sets = {"engine": engine}
     if "source_only" in cfg.run.baselines:
-        sets["source_only"] = source
+        sets["source_only"] = (source[0], [strip_context(m, context) for m in source[1]])
     if "oracle" in cfg.run.baselines:
         annotated = [r for r in roles.target if r["has_mask"]]
         if annotated:
