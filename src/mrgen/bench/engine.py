@@ -170,8 +170,10 @@ def _compose(ctx: Ctx, synthetic: tuple[list, list], engine: C.Config, note: str
     from mrgen.pairs import engine_set, pseudo_pairs
 
     pseudo = pseudo_pairs(engine) if ctx.cfg.segment.pseudo_pairs else ([], [])
-    source = ctx.source_pairs(keep_context=True) if ctx.cfg.segment.engine_set != "synthetic" else ([], [])
-    (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo, context_values(ctx.root))
+    with_source = ctx.cfg.segment.engine_set != "synthetic"
+    source = ctx.source_pairs(keep_context=True) if with_source else ([], [])  # context labels: engine_set drops them
+    context = context_values(ctx.root) if with_source else ()
+    (images, masks), made = engine_set(ctx.cfg, synthetic, source, ctx.rng("engine_set"), pseudo, context)
     ctx.compute[note] = {"kind": ctx.cfg.segment.engine_set, "pairs": made}
     return images, masks
 
