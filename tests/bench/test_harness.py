@@ -116,6 +116,25 @@ def test_engine_stamp_follows_the_resolved_engine_config(tiny_bench, monkeypatch
     assert stamps(spec, base, fold, "source_only", labels) == before["source_only"]
 
 
+def test_engine_stamp_ignores_the_engine_presets_segment_section(tiny_bench, monkeypatch):
+    """No engine stage reads the engine config's ``segment`` (the bench's segmenters take ``config.segment``), so a
+    preset's segment default leaves the engine methods current; ``config.segment`` still restamps them."""
+    from mrgen import config as C
+    from mrgen.bench import stamps
+
+    spec, base, _, labels = tiny_bench
+    spec.tree["methods"]["mrgen"] = {}
+    fold = spec.folds[0]
+    before = stamps(spec, base, fold, "mrgen", labels)
+    assert S.engine_config(spec, base, Path("e"), fold).segment.engine_set == "synthetic"
+    monkeypatch.setattr(C.SegmentCfg, "__init__", _with_default(C.SegmentCfg.__init__, engine_set="source"))
+    assert S.engine_config(spec, base, Path("e"), fold).segment.engine_set == "source"  # the engine's own changed
+    assert stamps(spec, base, fold, "mrgen", labels) == before
+    base2 = S.bench_config(spec, base.workdir)
+    assert base2.segment.engine_set == "source"  # the benchmark's own segment section: its segmenters' set
+    assert stamps(spec, base2, fold, "mrgen", labels) != before
+
+
 def test_bench_stamps_ignore_where_and_on_what_device_a_run_happens(tiny_bench, monkeypatch):
     """run.device / run.workdir change no result (contract.NO_EFFECT), so a cached fold stays current."""
     from mrgen import config as C

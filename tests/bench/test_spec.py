@@ -85,6 +85,36 @@ def test_brats_benchmarks_groups_and_direction():
                               "cyclegan", "mrgen", "mrgen_nofilter", "mrgen_notarget"}
 
 
+# what a user's `mrgen run` does by default (the cpu preset) and what a budget may change: the recipe
+RECIPE = ("controller.mask_encoding", "controller.target_mask", "controller.conditioning_scale",
+          "controller.target_fraction", "controller.target_context", "filter.scorer", "filter.thresholds",
+          "filter.selection", "filter.keep", "filter.calibration_quantile", "filter.floor_quantile", "rounds.count",
+          "rounds.keep_fraction", "rounds.min_confidence", "sample.solver", "sample.ddim_steps", "sample.guidance",
+          "sample.strength")
+
+
+@pytest.mark.parametrize("name", [
+    "brats_flair_to_t1c", "mscmr_bssfp_to_lge", "ablations/brats_t1c_to_flair_crop",
+    pytest.param("brats_t1c_to_flair", marks=pytest.mark.xfail(strict=True, reason=(
+        "still the 3.75 mm definition of 2026-12-01 (merged masks, absolute thresholds, one round) until its 3-fold "
+        "run with the window and recipe (ablations/brats_t1c_to_flair_crop) completes"))),
+])
+def test_cross_modality_benchmarks_run_the_default_recipe(name, tmp_path):
+    """Issue 14 judges `mrgen run`'s default recipe: the cross-modality definitions may give the engine another budget
+    (steps, masks, candidates), not another recipe than the cpu preset's."""
+    from mrgen import config as C
+    from mrgen.contract import leaves
+
+    preset = leaves(C.load_config("cpu"))
+    spec = S.load(REPO / "benchmarks" / f"{name}.yaml", ["data_root=/"])
+    base = S.bench_config(spec, tmp_path / "wd")
+    engine = leaves(S.engine_config(spec, base, tmp_path / "eng", spec.folds[0]))
+    assert {k: engine[k] for k in RECIPE} == {k: preset[k] for k in RECIPE}
+    for key in ("engine_set", "pseudo_pairs", "source_copies"):  # the mrgen method's training set
+        assert getattr(base.segment, key) == getattr(C.load_config("cpu").segment, key)
+    assert preset["filter.thresholds"] == "calibrated" and preset["rounds.count"] == 2  # not MRGen's (paper preset)
+
+
 def test_overrides_and_errors(tmp_path):
     path = REPO / "benchmarks" / "spinalcord_t2_to_t1.yaml"
     spec = S.load(path, [f"data_root={tmp_path}", "config.segment.train.steps=7", "methods.cyclegan={steps: 3}"])

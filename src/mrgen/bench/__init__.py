@@ -105,11 +105,15 @@ def _fold_cfg(base: C.Config, fold: S.Fold) -> C.Config:
 
 def _engine_settings(spec: S.Spec, base: C.Config, fold: S.Fold) -> dict:
     """The engine's *resolved* config (preset + defaults + the ``engine`` tree), without its folder: a
-    changed default in mrgen itself re-runs the engine methods, not only a changed benchmark file."""
+    changed default in mrgen itself re-runs the engine methods, not only a changed benchmark file. Without its
+    ``segment`` section: the benchmark's segmenters (the methods', the round labeller's) take ``config.segment``, which
+    enters every stamp on its own, and no engine stage reads the engine's (so a preset's segment defaults do not
+    restamp engine results they cannot change; before 2026-12-08 they did)."""
     from mrgen import contract
 
     ecfg = S.engine_config(spec, base, Path("engine"), fold)
-    return contract.stamped(contract.declared(ecfg, tuple(f.name for f in dataclasses.fields(ecfg))))  # without NO_EFFECT keys
+    names = tuple(f.name for f in dataclasses.fields(ecfg) if f.name != "segment")
+    return contract.stamped(contract.declared(ecfg, names))  # without NO_EFFECT keys
 
 
 def stamps(spec: S.Spec, base: C.Config, fold: S.Fold, method: str, labels: dict) -> tuple[str, str]:
